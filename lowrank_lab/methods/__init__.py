@@ -1,0 +1,1 @@
+"""LightningModules, one per training method, on a shared base (`methods.base.AdapterModule`)."""

@@ -1,0 +1,109 @@
+"""The LightningModule every method subclasses: task loss and metrics, optimizer/scheduler from config, only
+trainable (adapter + head) parameters optimised and checkpointed, step timing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn as nn
+
+from lowrank_lab.data.task import TaskSpec
+from lowrank_lab.metrics.task import task_metrics
+
+
+class AdapterModule(L.LightningModule):
+    """Holds the student; subclasses override `training_loss` (finetune: the task loss alone)."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        task: TaskSpec,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        grad_clip: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.task = task
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.grad_clip = grad_clip
+        self.val_metrics = task_metrics(task, prefix="val/")
+        self.test_metrics = task_metrics(task, prefix="test/")
+        self.strict_loading = False  # checkpoints hold only trainable weights; the frozen base is rebuilt
+        self._step_start = 0.0
+
+    # ----- the objective -------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.student(**batch)
+
+    def training_loss(self, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
+        """The loss to minimise; `outputs` is the student's forward on `batch` (loss computed by the head)."""
+        return outputs.loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        outputs = self(batch)
+        loss = self.training_loss(batch, outputs)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=self._bs(batch))
+        return loss
+
+    # ----- evaluation ----------------------------------------------------------------------------------
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits: (n, num_labels) -> class ids (n,), or scores (n,) for a regression head."""
+        return logits.squeeze(-1).float() if self.task.regression else logits.argmax(-1)
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        outputs = self(batch)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(self.predictions(outputs.logits), batch["labels"])
+        self.log(f"{stage}/loss", outputs.loss, on_epoch=True, batch_size=self._bs(batch))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    # ----- optimisation --------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = self.scheduler_factory(optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = self.grad_clip if self.grad_clip is not None else gradient_clip_val
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    # ----- bookkeeping ---------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log("time/step_ms", 1000.0 * (time.perf_counter() - self._step_start), on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep trainable parameters and buffers only: a LoRA checkpoint stays adapter-sized."""
+        frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+    @staticmethod
+    def _bs(batch: dict[str, torch.Tensor]) -> int:
+        return int(next(iter(batch.values())).shape[0])

@@ -1,0 +1,115 @@
+"""`run(cfg)`: the whole life of one job — validate, build, fit, test, save, track — in the order it runs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lowrank_lab.adapters import wrap
+from lowrank_lab.errors import LabError, bad_value
+from lowrank_lab.summary import print_summary
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train and evaluate one configuration; return the sweep objective (`val/<task metric>`)."""
+    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
+    try:
+        return _run(cfg)
+    except LabError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _job_context() -> tuple[Path, list[str], str]:
+    """The Hydra job directory, this job's overrides and a readable run name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    return Path(hc.runtime.output_dir), overrides, hc.job.override_dirname or hc.job.name
+
+
+def resolve_checkpoint(ckpt_path: str | None, job_dir: Path) -> str | None:
+    """`null`: resume from this job dir's last checkpoint if there is one; `last`: it must exist; else a path."""
+    last = job_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None:
+        return str(last) if last.exists() else None
+    if ckpt_path == "last":
+        if not last.exists():
+            raise bad_value("ckpt_path", ckpt_path, f"no checkpoint at {last}; rerun in a job dir that has one")
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise bad_value("ckpt_path", ckpt_path, "an existing .ckpt file, 'last', or null")
+    try:
+        torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:
+        raise bad_value("ckpt_path", ckpt_path, f"a readable Lightning checkpoint ({type(err).__name__})") from None
+    return ckpt_path
+
+
+def _run(cfg: DictConfig) -> float | None:
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    job_dir, overrides, run_name = _job_context()
+
+    # 1. Everything that can be wrong with the config is found here, before training or tracking starts.
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")  # reads (and caches) the data now: a missing source fails before anything else
+    spec, init = instantiate(cfg.peft), instantiate(cfg.init)
+    ckpt = resolve_checkpoint(cfg.get("ckpt_path"), job_dir)
+    backbone = instantiate(cfg.model, num_labels=datamodule.task.num_labels)
+    if backbone.random_init:
+        backbone.model.save_pretrained(job_dir / "base")  # a random-init base is part of the result
+    model = wrap(backbone, spec, init)
+    init.apply(model, datamodule=datamodule)
+    module = instantiate(cfg.method, student=model, task=datamodule.task)
+
+    # 2. Tracking: a child run of the sweep (or a plain run), reused when this job dir is resumed.
+    loggers: list[Any] = []
+    run_id = None
+    if cfg.logger.get("tracking_uri"):
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        from lowrank_lab.tracking.job import start_job_run
+
+        run_id = start_job_run(cfg, job_dir, overrides, run_name)
+        loggers.append(
+            MLFlowLogger(
+                experiment_name=cfg.logger.experiment_name,
+                tracking_uri=cfg.logger.tracking_uri,
+                run_id=run_id,
+                log_model=False,
+            )
+        )
+    (job_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    # 3. Fit, test, save the adapter.
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(job_dir)
+    )
+    status = "FAILED"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.get("test", True) else {}
+        adapter_dir = job_dir / "adapter"
+        module.student.save_pretrained(adapter_dir)
+        status = "FINISHED"
+    finally:
+        if run_id is not None:
+            from lowrank_lab.tracking.job import finish_job_run
+
+            finish_job_run(cfg.logger.tracking_uri, run_id, job_dir, status)
+
+    objective = val.get(datamodule.task.monitor)
+    print_summary(datamodule.task, val, test, run_id, cfg.logger.get("tracking_uri"), adapter_dir)
+    return objective
