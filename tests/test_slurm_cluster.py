@@ -53,6 +53,23 @@ class CountRuns(submitit.helpers.Checkpointable):
         return run
 
 
+class Resumable(submitit.helpers.Checkpointable):
+    """Counts to `steps`; on preemption submitit pickles `self` (with its progress) and requeues the job."""
+
+    def __init__(self, marker_dir: str, steps: int) -> None:
+        self.marker_dir, self.steps = marker_dir, steps
+        self.progress = 0
+        self.starts: list[int] = []
+
+    def __call__(self) -> list[int]:
+        self.starts.append(self.progress)
+        while self.progress < self.steps:
+            time.sleep(0.05)
+            self.progress += 1
+            Path(self.marker_dir, "progress").write_text(str(self.progress))
+        return self.starts
+
+
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
@@ -189,3 +206,20 @@ def test_requeued_checkpointable_job_runs_again(slurm_cluster, tmp_path):
     assert _wait_sacct(job.job_id, "COMPLETED") == "COMPLETED"
     states = _run("sacct", "-n", "-X", "-D", "-P", "-j", job.job_id, "-o", "State").stdout.split()
     assert states[0] == "REQUEUED", states
+
+
+def test_preempted_checkpointable_job_resumes(slurm_cluster, tmp_path):
+    """USR2 is SLURM's preemption/timeout warning: submitit checkpoints, calls `scontrol requeue` itself, and
+    the second run starts from the pickled progress. Nobody bumps StartTime here: with cred_expire=10 the
+    requeued job may start again after ~11 s."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    job = _executor(tmp_path / "submitit").submit(Resumable(str(markers), 200))
+    progress = markers / "progress"
+    _wait_until(lambda: progress.exists() and int(progress.read_text() or 0) >= 20, 60, "some progress")
+    _run("scancel", "--signal=USR2", job.job_id)
+    starts = _result_with_timeout(job, 120)
+    assert len(starts) == 2 and starts[0] == 0 and 20 <= starts[1] < 200, starts
+    states = _run("sacct", "-n", "-X", "-D", "-P", "-j", job.job_id, "-o", "State").stdout.split()
+    assert states[0] == "REQUEUED", states
+    assert _wait_sacct(job.job_id, "COMPLETED") == "COMPLETED"

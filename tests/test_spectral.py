@@ -126,6 +126,8 @@ def test_invalid_arguments_raise_one_line_errors() -> None:
         data_weighted_subspace(delta_w, x, 2, method="svd")
     with pytest.raises(ValueError, match="d_in=6"):
         data_weighted_subspace(delta_w, torch.randn(4, 7), 2)
+    with pytest.raises(ValueError, match="rank=5"):
+        data_weighted_subspace_from_gram(delta_w, x.T @ x, 4, 5)  # Gram of 4 rows has rank 4
 
 
 # ---------------------------------------------------------------- Eckart–Young in the data-weighted norm

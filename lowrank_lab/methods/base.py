@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from lowrank_lab.data.task import TaskSpec
-from lowrank_lab.metrics.task import task_metrics
+from lowrank_lab.metrics.evaluators import build_evaluator
 
 
 class AdapterModule(L.LightningModule):
@@ -31,8 +31,9 @@ class AdapterModule(L.LightningModule):
         self.task = task
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.grad_clip = grad_clip
-        self.val_metrics = task_metrics(task, prefix="val/")
-        self.test_metrics = task_metrics(task, prefix="test/")
+        self.evaluators = {"val": build_evaluator(task, "val/"), "test": build_evaluator(task, "test/")}
+        self.val_metrics = self.evaluators["val"].modules()  # registered so metric state follows the device
+        self.test_metrics = self.evaluators["test"].modules()
         self.strict_loading = False  # checkpoints hold only trainable weights; the frozen base is rebuilt
         self._step_start = 0.0
 
@@ -44,22 +45,26 @@ class AdapterModule(L.LightningModule):
         """The loss to minimise; `outputs` is the student's forward on `batch` (loss computed by the head)."""
         return outputs.loss
 
+    def regularizers(self) -> dict[str, torch.Tensor]:
+        """Extra terms added to every method's loss and logged as `train/<name>` (e.g. KaSA's); none here."""
+        return {}
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         outputs = self(batch)
         loss = self.training_loss(batch, outputs)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=self._bs(batch))
+        size = self._bs(batch)
+        for name, term in self.regularizers().items():
+            self.log(f"train/{name}", term, on_step=True, on_epoch=False, batch_size=size)
+            loss = loss + term
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         return loss
 
     # ----- evaluation ----------------------------------------------------------------------------------
-    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits: (n, num_labels) -> class ids (n,), or scores (n,) for a regression head."""
-        return logits.squeeze(-1).float() if self.task.regression else logits.argmax(-1)
-
-    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> Any:
         outputs = self(batch)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        metrics.update(self.predictions(outputs.logits), batch["labels"])
+        self.evaluators[stage].update(outputs, batch)
         self.log(f"{stage}/loss", outputs.loss, on_epoch=True, batch_size=self._bs(batch))
+        return outputs
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -68,12 +73,12 @@ class AdapterModule(L.LightningModule):
         self._evaluate(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        self.log_dict(self.evaluators["val"].compute(), prog_bar=True)
+        self.evaluators["val"].reset()
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
+        self.log_dict(self.evaluators["test"].compute())
+        self.evaluators["test"].reset()
 
     # ----- optimisation --------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -191,6 +191,7 @@ def data_weighted_subspace_from_gram(
         dw = delta_w.detach().to(dtype)
         G = gram.detach().to(device=dw.device, dtype=dtype)
         G = 0.5 * (G + G.T)
+        method = _resolve_method(method, rank, min(dw.shape[0], d_in, n), oversample)  # rank ≤ n too
         core = dw @ gram_factor(G) / math.sqrt(n)  # (d_out, d_in)
         return _left_svd(core, rank, method, oversample, n_iter, generator)
 
