@@ -22,8 +22,11 @@ def run(cfg: DictConfig) -> float | None:
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     try:
         return _run(cfg)
-    except LabError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+    except Exception as err:
+        cause = err if isinstance(err, LabError) else err.__cause__  # Hydra wraps errors raised in _target_s
+        if not isinstance(cause, LabError):
+            raise
+        print(f"error: {cause}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

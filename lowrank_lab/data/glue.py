@@ -11,6 +11,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from lowrank_lab.data.collate import PadCollator
+from lowrank_lab.data.sampler import EpochShuffleSampler
 from lowrank_lab.data.sources import load_table, tokenize_cached
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError, bad_value
@@ -157,15 +158,11 @@ class GlueDataModule(L.LightningDataModule):
         self.collate = PadCollator(self.tokenizer.pad_token_id, regression=self.task.regression)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        import torch
-
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        size = self.batch_size if split == "train" else self.eval_batch_size
+        data = self.splits[split]
         return DataLoader(
-            self.splits[split],
-            batch_size=size,
-            shuffle=shuffle,
-            generator=generator,
+            data,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            sampler=EpochShuffleSampler(len(data), self.seed) if shuffle else None,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -1,0 +1,54 @@
+"""Shared fixtures: offline env, the repo's prepared data, and a `run_cli` that runs run.py in a subprocess
+against a fresh outputs folder (own MLflow store, own Hydra dirs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO / "outputs" / "data"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _ensure_data() -> None:
+    if not (DATA_DIR / "glue").exists():
+        subprocess.run([sys.executable, "-m", "lowrank_lab.data.prepare", "--out", str(DATA_DIR)], check=True)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    _ensure_data()
+    return DATA_DIR
+
+
+def run_cli(args: list[str], out: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python run.py <args>` with outputs (runs, mlflow.db) under `out` and the repo's prepared data."""
+    _ensure_data()
+    cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.output_dir={out}", f"paths.data_dir={DATA_DIR}"]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def mlflow_runs(out: Path, experiment: str = "lowrank_lab") -> list:
+    """All runs of `experiment` in the store under `out` (empty if the store was never created)."""
+    from mlflow.tracking import MlflowClient
+
+    db = out / "mlflow.db"
+    if not db.exists():
+        return []
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
