@@ -68,6 +68,8 @@ def _run(cfg: DictConfig) -> float | None:
     datamodule.setup("fit")  # reads (and caches) the data now: a missing source fails before anything else
     spec, init = instantiate(cfg.peft), instantiate(cfg.init)
     ckpt = resolve_checkpoint(cfg.get("ckpt_path"), job_dir)
+    if ckpt:
+        print(f"resuming from {ckpt}", file=sys.stderr, flush=True)
     backbone = instantiate(cfg.model, num_labels=datamodule.task.num_labels)
     if backbone.random_init:
         backbone.model.save_pretrained(job_dir / "base")  # a random-init base is part of the result

@@ -1,0 +1,80 @@
+"""Single runs: determinism, resume from a checkpoint, and a submitit_local sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import mlflow_runs, run_cli
+
+pytestmark = pytest.mark.slow
+
+# Dropout off so a resumed run can match an uninterrupted one exactly (Lightning does not checkpoint RNG state).
+TINY = [
+    "model=tiny-bert",
+    "trainer=debug",
+    "trainer.limit_train_batches=3",
+    "data.max_length=32",
+    "+model.config_overrides.hidden_dropout_prob=0.0",
+    "+model.config_overrides.attention_probs_dropout_prob=0.0",
+    "threads=1",
+]
+
+
+def _metrics(out: Path) -> dict:
+    (run,) = mlflow_runs(out)
+    return run.data.metrics, run
+
+
+def _history(out: Path, run_id: str, key: str) -> list[float]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_same_seed_same_metrics(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        proc = run_cli([*TINY, "seed=7"], out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    (ma, ra), (mb, rb) = _metrics(a), _metrics(b)
+    for key in ("val/accuracy", "val/loss", "test/loss"):
+        assert ma[key] == mb[key], key
+    assert _history(a, ra.info.run_id, "train/loss") == _history(b, rb.info.run_id, "train/loss")
+    proc = run_cli([*TINY, "seed=8"], tmp_path / "c")
+    assert _metrics(tmp_path / "c")[0]["val/loss"] != ma["val/loss"]
+
+
+def test_resume_from_last_checkpoint_matches_uninterrupted(tmp_path: Path) -> None:
+    # A constant LR: with a decaying schedule, a 1-epoch run and a 2-epoch run differ from the first step on.
+    const = ["method.scheduler._target_=lowrank_lab.methods.optim.constant", "~method.scheduler.warmup_ratio"]
+    tiny = [*TINY, *const]
+    full = run_cli([*tiny, "trainer.max_epochs=2"], tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    job = tmp_path / "job"
+    first = run_cli([*tiny, "trainer.max_epochs=1", f"hydra.run.dir={job}"], tmp_path / "split")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (job / "checkpoints" / "last.ckpt").exists()
+    run_id = (job / "mlflow_run_id").read_text()
+    resumed = run_cli([*tiny, "trainer.max_epochs=2", f"hydra.run.dir={job}", "ckpt_path=last"], tmp_path / "split")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {job / 'checkpoints' / 'last.ckpt'}" in resumed.stderr
+
+    (m_full, _), (m_split, r_split) = _metrics(tmp_path / "full"), _metrics(tmp_path / "split")
+    assert r_split.info.run_id == run_id  # the resumed job logs into the same MLflow run
+    assert m_split["val/loss"] == pytest.approx(m_full["val/loss"], rel=1e-6)
+    assert m_split["epoch"] == m_full["epoch"]
+
+
+def test_submitit_local_sweep(tmp_path: Path) -> None:
+    proc = run_cli(["-m", "hydra/launcher=submitit_local", *TINY, "peft.lora_r=2,4"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = mlflow_runs(tmp_path)
+    parent = [r for r in runs if r.data.tags.get("lowrank_lab.sweep") == "true"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert sorted(c.data.params["peft.lora_r"] for c in children) == ["2", "4"]
+    assert all(c.info.status == "FINISHED" and "val/accuracy" in c.data.metrics for c in children)
