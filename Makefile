@@ -46,8 +46,10 @@ test: $(STAMP) $(DATA) lint
 test-fast: $(STAMP) $(DATA)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not slurm"
 
+# job execution off: the UI then needs no background workers (less memory)
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
+		--default-artifact-root $(CURDIR)/outputs/mlartifacts --host 127.0.0.1 --port $(or $(PORT),5000)
 
 bench: $(STAMP) $(DATA)
 	$(BIN)/python -m benchmarks.run --out outputs/bench
