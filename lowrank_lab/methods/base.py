@@ -27,11 +27,11 @@ class AdapterModule(L.LightningModule):
         grad_clip: float | None = None,
     ) -> None:
         super().__init__()
-        self.student = student
+        self.student = student.train()  # from_pretrained returns eval mode; Lightning keeps modules as it finds them
         self.task = task
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.grad_clip = grad_clip
-        self.evaluators = {"val": build_evaluator(task, "val/"), "test": build_evaluator(task, "test/")}
+        self.evaluators = {s: build_evaluator(task, f"{s}/", model=student) for s in ("val", "test")}
         self.val_metrics = self.evaluators["val"].modules()  # registered so metric state follows the device
         self.test_metrics = self.evaluators["test"].modules()
         self.strict_loading = False  # checkpoints hold only trainable weights; the frozen base is rebuilt
@@ -46,8 +46,12 @@ class AdapterModule(L.LightningModule):
         return outputs.loss
 
     def regularizers(self) -> dict[str, torch.Tensor]:
-        """Extra terms added to every method's loss and logged as `train/<name>` (e.g. KaSA's); none here."""
-        return {}
+        """Extra terms added to every method's loss and logged as `train/<name>`: KaSA's β·L2 + γ·L3 (`kasa_reg`)
+        whenever the student has KaSA layers."""
+        from lowrank_lab.adapters.kasa import get_kasa_regularization_loss
+
+        kasa = get_kasa_regularization_loss(self.student)
+        return {} if kasa is None else {"kasa_reg": kasa}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         outputs = self(batch)

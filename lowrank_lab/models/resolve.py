@@ -1,4 +1,5 @@
-"""Turn a `model.name_or_path` into a local directory: `pkg:<package>/<subdir>`, a path, or a cached hub id."""
+"""Turn a `model.name_or_path` into a local directory: `pkg:<package>/<subdir>`, `convert:<name>` (packaged
+weights converted once, see models.convert), a path, or a cached hub id."""
 
 from __future__ import annotations
 
@@ -25,14 +26,24 @@ def _package_dir(spec: str) -> Path:
     return path
 
 
+def _converted(name: str) -> Path:
+    from lowrank_lab.models.convert import converted
+
+    return converted(name)
+
+
+SCHEMES = {"pkg:": _package_dir, "convert:": _converted}
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def resolve_name_or_path(name_or_path: str, key: str = "model.name_or_path") -> str:
     """Return a local directory (or an id transformers can load) for `name_or_path`; fail fast if unreachable."""
-    if name_or_path.startswith("pkg:"):
-        return str(_package_dir(name_or_path[4:]))
+    for prefix, resolve in SCHEMES.items():
+        if name_or_path.startswith(prefix):
+            return str(resolve(name_or_path[len(prefix) :]))
     if os.path.isdir(os.path.expanduser(name_or_path)):
         return os.path.expanduser(name_or_path)
     if name_or_path.startswith((".", "/", "~")):

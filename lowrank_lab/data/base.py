@@ -1,0 +1,64 @@
+"""The loader side every non-GLUE datamodule shares: seeded shuffling, split loaders, a reference loader for
+forgetting metrics (default: the first val examples without labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer of `model.tokenizer` (packaged, converted, local or cached hub id); pads with eos if needed."""
+    from transformers import AutoTokenizer
+
+    from lowrank_lab.models import resolve_name_or_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_name_or_path(name, key="model.tokenizer"))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Subclasses fill `self.splits` (train/val/test datasets), `self.collate` and `self.task` in `setup`."""
+
+    def __init__(
+        self, batch_size: int, eval_batch_size: int | None, num_workers: int, seed: int, reference_examples: int
+    ) -> None:
+        super().__init__()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.seed, self.reference_examples = num_workers, seed, reference_examples
+        self.splits: dict[str, Any] = {}
+        self.collate: Callable[[list[dict]], dict[str, torch.Tensor]] | None = None
+
+    def _loader(self, data: Dataset | list, size: int, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            data,
+            batch_size=size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.splits["train"], self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.splits["val"], self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.splits["test"], self.eval_batch_size, shuffle=False)
+
+    def reference_dataloader(self) -> DataLoader:
+        """Model inputs (no labels) of the reference set used by `metrics.forgetting`."""
+        val = self.splits["val"]
+        count = min(len(val), self.reference_examples)
+        rows = [{k: v for k, v in val[i].items() if k != "labels"} for i in range(count)]
+        return self._loader(rows, self.eval_batch_size, shuffle=False)

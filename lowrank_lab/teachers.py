@@ -1,0 +1,198 @@
+"""Teacher preparation: fully fine-tune a copy of the student's base on the task (method=finetune, peft=none),
+score it on dev against the majority-class baseline and save it (safetensors + teacher.json). Done once per cache
+key: parallel sweep jobs that need the same teacher wait on a file lock and then load it.
+
+    python -m lowrank_lab.teachers prepare model=minilm data=rte [method.teacher.lr=2e-4 method.teacher.epochs=8]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from filelock import FileLock
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import DataLoader
+
+from lowrank_lab.errors import LabError
+from lowrank_lab.models.teachers import INFO_FILE, Teacher, TeacherSettings
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
+
+
+def ensure_prepared(
+    out: Path, base: torch.nn.Module, datamodule: Any, settings: TeacherSettings, trainer: dict, meta: dict
+) -> dict[str, Any]:
+    """The info of the teacher at `out`, preparing it first if missing (under a lock: built once)."""
+    info_file = out / INFO_FILE
+    if not info_file.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(out) + ".lock"):
+            if not info_file.exists():  # another job may have built it while we waited
+                return prepare(out, base, datamodule, settings, trainer, meta)
+    info = json.loads(info_file.read_text())
+    print(f"teacher: cached {out} (dev {info['metric']}={info['dev']:.4f})", file=sys.stderr, flush=True)
+    return info
+
+
+def _rebatch(loader: DataLoader, batch_size: int) -> DataLoader:
+    """The same data, sampler and collation at the teacher recipe's batch size."""
+    return DataLoader(
+        loader.dataset,
+        batch_size=batch_size,
+        sampler=loader.sampler,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+    )
+
+
+def _labels(loader: DataLoader) -> torch.Tensor:
+    return torch.cat([batch["labels"].reshape(-1) for batch in loader])
+
+
+def majority_baseline(task: Any, datamodule: Any) -> float:
+    """The task metric on dev of always predicting the train split's most frequent class (0 for regression:
+    a constant has no correlation)."""
+    if task.regression:
+        return 0.0
+    from lowrank_lab.metrics.task import task_metrics
+
+    majority = Counter(_labels(datamodule.train_dataloader()).tolist()).most_common(1)[0][0]
+    val = _labels(datamodule.val_dataloader())
+    metrics = task_metrics(task, "val/")
+    metrics.update(torch.full_like(val, majority), val)
+    return float(metrics.compute()[task.monitor])
+
+
+def prepare(
+    out: Path, base: torch.nn.Module, datamodule: Any, settings: TeacherSettings, trainer: dict, meta: dict
+) -> dict[str, Any]:
+    """Fine-tune every weight of a copy of `base` with AdamW + linear warm-up/decay; save to `out` atomically."""
+    from lowrank_lab.methods.finetune import FinetuneModule
+    from lowrank_lab.methods.optim import warmup_linear
+
+    task, start = datamodule.task, time.perf_counter()
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    print(f"teacher: building {out} ({settings.recipe()})", file=sys.stderr, flush=True)
+    with isolate_rng():  # the run's own random stream is the same whether the teacher was cached or built
+        random.seed(settings.seed)
+        np.random.seed(settings.seed)
+        torch.manual_seed(settings.seed)
+        model = copy.deepcopy(base).requires_grad_(True).train()
+        module = FinetuneModule(
+            model,
+            task,
+            optimizer=partial(torch.optim.AdamW, lr=settings.lr, weight_decay=settings.weight_decay),
+            scheduler=partial(warmup_linear, warmup_ratio=settings.warmup_ratio),
+        )
+        fit = L.Trainer(
+            devices=1,
+            max_epochs=settings.epochs,
+            max_steps=settings.max_steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=str(tmp),
+            **trainer,
+        )
+        fit.fit(module, train_dataloaders=_rebatch(datamodule.train_dataloader(), settings.batch_size))
+        dev = fit.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)[0][task.monitor]
+        majority = majority_baseline(task, datamodule)  # a DataLoader iterator draws from the global RNG too
+    info = {
+        "metric": task.metric,
+        "dev": float(dev),
+        "majority": majority,
+        "steps": int(fit.global_step),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        **meta,
+    }
+    info["beats_majority"] = bool(info["dev"] > info["majority"])
+    model.cpu().save_pretrained(tmp)  # safetensors
+    if getattr(datamodule, "tokenizer", None) is not None:
+        datamodule.tokenizer.save_pretrained(tmp)  # the dir is a loadable model for method=kd elsewhere
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+    if out.exists():
+        shutil.rmtree(out)  # a half-built dir without teacher.json
+    tmp.rename(out)
+    print(
+        f"teacher: built {out} in {info['train_seconds']}s "
+        f"(dev {task.metric}={info['dev']:.4f}, majority class {info['majority']:.4f})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return info
+
+
+def check_quality(info: dict[str, Any], settings: TeacherSettings, where: str) -> None:
+    """Refuse (require_better_than_majority) or warn loudly when the teacher does not beat the majority class."""
+    dev, majority = info.get("dev"), info.get("majority")
+    if dev is None or majority is None or dev > majority:
+        return
+    msg = (
+        f"teacher {where}: dev {info.get('metric')}={dev:.4f} does not beat the majority-class baseline "
+        f"{majority:.4f}; raise method.teacher.lr / method.teacher.epochs or use a task the model is strong on"
+    )
+    if settings.require_better_than_majority:
+        raise LabError(f"method.teacher.require_better_than_majority=true: {msg}")
+    bar = "!" * 100
+    print(f"{bar}\nWARNING: {msg}\n{bar}", file=sys.stderr, flush=True)
+    log.warning(msg)
+
+
+def compose_run_parts(overrides: list[str], sad: bool = True) -> tuple[Any, Any, Teacher, Any]:
+    """Compose conf/ as run.py would (method=sad unless a method is given), build data, init and the teacher in
+    train.py's order (same random stream, so a random-init base matches the runs')."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from lowrank_lab.models.teachers import teacher_for_run
+
+    os.environ.setdefault("LOWRANK_LAB_ROOT", str(REPO))
+    if sad and not any(o.split("=", 1)[0].lstrip("+~") == "method" for o in overrides):
+        overrides = ["method=sad", *overrides]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    init = instantiate(cfg.init)
+    backbone = instantiate(cfg.model, num_labels=datamodule.task.num_labels)
+    teacher = teacher_for_run(cfg, backbone, datamodule, init)
+    if teacher is None:
+        raise LabError(f"method={cfg.method._target_}: has no `teacher` settings; use method=kd or method=sad")
+    return cfg, datamodule, teacher, init
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "prepare":
+        print("usage: python -m lowrank_lab.teachers prepare model=… data=… [method.teacher.…=…]", file=sys.stderr)
+        return 2
+    try:
+        _, _, teacher, _ = compose_run_parts(args[1:])
+    except LabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    keep = ("metric", "dev", "majority", "beats_majority", "steps", "train_seconds", "recipe")
+    print(json.dumps({"key": teacher.key, **{k: teacher.info.get(k) for k in keep}}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
