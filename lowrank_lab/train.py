@@ -105,6 +105,10 @@ def _run(cfg: DictConfig) -> float | None:
 
     # 3. Fit, test, save the adapter.
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    if not loggers:  # the LR monitor has nothing to write to without a logger (and Lightning refuses it)
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(job_dir)
     )
