@@ -11,6 +11,16 @@ os.environ.setdefault("LOWRANK_LAB_ROOT", os.path.dirname(os.path.abspath(__file
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "launchers", "plugins"))
 
 
+def seed_style(argv: list[str]) -> list[str]:
+    """`+group=x` / `++group=x` (the LoRA-GA / LoRA-FA seeds' command lines) for a group conf/config.yaml already
+    defaults means `group=x`: Hydra refuses a second choice for a group ("Multiple values for init")."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf", "config.yaml")).defaults
+    groups = {key for entry in defaults if not isinstance(entry, str) for key in entry if " " not in key}
+    return [a.lstrip("+") if a.startswith("+") and a.lstrip("+").split("=")[0] in groups else a for a in argv]
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from lowrank_lab.train import run
@@ -19,4 +29,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = seed_style(sys.argv)
     main()

@@ -64,9 +64,11 @@ def _labels(loader: DataLoader) -> torch.Tensor:
     return torch.cat([batch["labels"].reshape(-1) for batch in loader])
 
 
-def majority_baseline(task: Any, datamodule: Any) -> float:
+def majority_baseline(task: Any, datamodule: Any) -> float | None:
     """The task metric on dev of always predicting the train split's most frequent class (0 for regression:
-    a constant has no correlation)."""
+    a constant has no correlation; None for a causal LM, which has no classes)."""
+    if task.kind == "causal_lm":
+        return None
     if task.regression:
         return 0.0
     from lowrank_lab.metrics.task import task_metrics
@@ -122,7 +124,7 @@ def prepare(
         "train_seconds": round(time.perf_counter() - start, 1),
         **meta,
     }
-    info["beats_majority"] = bool(info["dev"] > info["majority"])
+    info["beats_majority"] = None if majority is None else bool(info["dev"] > majority)
     model.cpu().save_pretrained(tmp)  # safetensors
     if getattr(datamodule, "tokenizer", None) is not None:
         datamodule.tokenizer.save_pretrained(tmp)  # the dir is a loadable model for method=kd elsewhere
@@ -132,7 +134,7 @@ def prepare(
     tmp.rename(out)
     print(
         f"teacher: built {out} in {info['train_seconds']}s "
-        f"(dev {task.metric}={info['dev']:.4f}, majority class {info['majority']:.4f})",
+        f"(dev {task.metric}={info['dev']:.4f}, majority class {'n/a' if majority is None else f'{majority:.4f}'})",
         file=sys.stderr,
         flush=True,
     )

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lowrank_lab.adapters import wrap
+from lowrank_lab.adapters.init.gradient import save_init_offset
 from lowrank_lab.errors import LabError, bad_value
 from lowrank_lab.models.teachers import teacher_for_run
 from lowrank_lab.summary import print_summary
@@ -59,6 +60,17 @@ def resolve_checkpoint(ckpt_path: str | None, job_dir: Path) -> str | None:
     return ckpt_path
 
 
+def save_merged(student: torch.nn.Module, out: Path, tokenizer: Any = None) -> None:
+    """`save.merged=true`: fold the adapters into the base (W + s·BA, last step of the run) and save a model that
+    plain `transformers` loads (`AutoModelFor….from_pretrained(out)`), with the tokenizer when there is one."""
+    from peft import PeftModel
+
+    model = student.merge_and_unload() if isinstance(student, PeftModel) else student
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+
+
 def _run(cfg: DictConfig) -> float | None:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -80,6 +92,8 @@ def _run(cfg: DictConfig) -> float | None:
     init.apply(model, datamodule=datamodule, teacher=teacher)
     with_teacher = {"teacher": teacher} if "teacher" in cfg.method else {}
     module = instantiate(cfg.method, student=model, task=datamodule.task, **with_teacher)
+    if cfg.get("optim") is not None:  # optim=: preconditioning or peft's frozen-A optimizer around method.optimizer
+        instantiate(cfg.optim).attach(module)
 
     # 2. Tracking: a child run of the sweep (or a plain run), reused when this job dir is resumed.
     #    Under DDP only rank 0 has a run: Lightning re-runs this script for ranks > 0 with LOCAL_RANK set (SLURM
@@ -118,8 +132,11 @@ def _run(cfg: DictConfig) -> float | None:
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.get("test", True) else {}
         adapter_dir = job_dir / "adapter"
-        if trainer.is_global_zero:
-            module.student.save_pretrained(adapter_dir)
+        if trainer.is_global_zero:  # a method that trains several encoders (SLAD) saves them all
+            getattr(module, "save_adapters", module.student.save_pretrained)(adapter_dir)
+            save_init_offset(module.student, adapter_dir)  # init=gradient: the s·B₀A₀ it moved out of the base
+            if OmegaConf.select(cfg, "save.merged", default=False):
+                save_merged(module.student, job_dir / "merged", getattr(datamodule, "tokenizer", None))
         status = "FINISHED"
     except SystemExit as stop:  # requeued after a checkpoint (callbacks.requeue.Requeued): the run goes on later
         status = getattr(stop, "run_status", status)
