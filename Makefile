@@ -41,7 +41,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: $(STAMP) $(DATA) lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 test-fast: $(STAMP) $(DATA)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not slurm"
