@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import DEVICE, device_name, random_batches, run_alone, step_clock
+from benchmarks.common import DEVICE, device_name, on_one_cpu_thread, random_batches, run_alone, step_clock
 from lowrank_lab.adapters import LoraSpec, wrap
 from lowrank_lab.adapters.lora import FullFinetune
 from lowrank_lab.data.task import TaskSpec
@@ -68,13 +68,7 @@ def step_time(module: AdapterModule, batches: list[dict]) -> float:
 
 
 def main(out_dir: Path) -> dict:
-    threads = torch.get_num_threads()
-    if DEVICE.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        return _measure()
-    finally:
-        torch.set_num_threads(threads)
+    return on_one_cpu_thread(_measure)
 
 
 def _measure() -> dict:

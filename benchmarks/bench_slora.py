@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import DEVICE, device_name, random_batches, run_alone, step_clock, wall_now
+from benchmarks.common import DEVICE, device_name, on_one_cpu_thread, random_batches, run_alone, step_clock, wall_now
 from lowrank_lab.adapters import LoraSpec, wrap
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.methods.finetune import FinetuneModule
@@ -88,13 +88,7 @@ def epoch_seconds(module: L.LightningModule, batches: list[dict]) -> tuple[float
 
 
 def main(out_dir: Path) -> dict:
-    threads = torch.get_num_threads()
-    if DEVICE.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        return _measure()
-    finally:
-        torch.set_num_threads(threads)
+    return on_one_cpu_thread(_measure)
 
 
 def _measure() -> dict:

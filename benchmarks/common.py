@@ -49,3 +49,14 @@ def run_alone(name: str, main: Callable[[Path], dict]) -> None:
     result = main(out)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+def on_one_cpu_thread(measure: Callable[[], dict]) -> dict:
+    """Run `measure` with torch on one thread when on a CPU (steadier timings on a shared machine), then restore."""
+    threads = torch.get_num_threads()
+    if DEVICE.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return measure()
+    finally:
+        torch.set_num_threads(threads)
