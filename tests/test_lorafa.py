@@ -189,6 +189,7 @@ def test_seed_command_line_runs_and_logs_to_mlflow(tmp_path: Path) -> None:
     expect |= {"peft.lora_r": "4", "peft.use_rslora": "True", "optim.precondition": "True", "save.merged": "True"}
     assert {k: params.get(k) for k in expect} == expect
     assert "query" in params["peft.target_modules"] and "val/accuracy" in metrics and "train/align_loss" in metrics
+    assert "lr-AdamW" in metrics  # preconditioning keeps the LR metric's name, so sweeps over it compare one curve
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     phases = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/phase"), key=lambda m: m.step)]
     assert phases == [TASK, ALIGN, ALIGN, TASK]  # 96 examples / 16, capped at 4 batches by trainer=debug

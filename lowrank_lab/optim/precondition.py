@@ -70,7 +70,10 @@ def _preconditioned_class(cls: type[torch.optim.Optimizer]) -> type[torch.optim.
             cls.step(self)
             return loss
 
-        _CLASSES[cls] = type(f"Preconditioned{cls.__name__}", (cls,), {"step": step})
+        # the same __name__ as `cls`: Lightning's LR monitor logs `lr-AdamW` with or without preconditioning, so a
+        # sweep over optim.precondition compares one metric; the qualname and the `preconditioned` flag tell them apart
+        attrs = {"step": step, "preconditioned": True, "__qualname__": f"Preconditioned{cls.__name__}"}
+        _CLASSES[cls] = type(cls.__name__, (cls,), attrs)
     return _CLASSES[cls]
 
 
