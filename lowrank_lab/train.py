@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lowrank_lab.adapters import wrap
@@ -138,6 +139,8 @@ def _run(cfg: DictConfig) -> float | None:
             if OmegaConf.select(cfg, "save.merged", default=False):
                 save_merged(module.student, job_dir / "merged", getattr(datamodule, "tokenizer", None))
         status = "FINISHED"
+    except SIGTERMException as stop:  # killed (kill, scancel): Lightning exits with code None, i.e. 0; say 128 + 15
+        raise SystemExit(143) from stop
     except SystemExit as stop:  # requeued after a checkpoint (callbacks.requeue.Requeued): the run goes on later
         status = getattr(stop, "run_status", status)
         raise

@@ -78,3 +78,38 @@ def test_submitit_local_sweep(tmp_path: Path) -> None:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert sorted(c.data.params["peft.lora_r"] for c in children) == ["2", "4"]
     assert all(c.info.status == "FINISHED" and "val/accuracy" in c.data.metrics for c in children)
+
+
+def test_killed_run_exits_non_zero_and_its_mlflow_run_failed(tmp_path: Path) -> None:
+    """SIGTERM (kill, scancel) mid-training: Lightning stops with exit code None (0); the job must say it failed,
+    so `make reproduce-*` does not go on to report a half sweep."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import DATA_DIR, REPO, _ensure_data
+
+    _ensure_data()
+    args = [*TINY, "trainer.limit_train_batches=1.0", "trainer.max_epochs=1000", "trainer.log_every_n_steps=1"]
+    cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.output_dir={tmp_path}", f"paths.data_dir={DATA_DIR}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:  # wait until training has logged a step
+            try:
+                if any("train/loss" in r.data.metrics for r in mlflow_runs(tmp_path)):
+                    break
+            except Exception:  # the store is being created
+                pass
+            time.sleep(1)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FAILED"
