@@ -89,6 +89,14 @@ def test_full_finetune_trains_everything_and_refuses_an_init() -> None:
         wrap(tiny_bert(cfg), instantiate(cfg.peft), PeftBuiltinInit("pissa"))
 
 
+def test_full_finetune_arm_of_a_lora_experiment() -> None:
+    """experiment=slad sets peft.lora_r for its LoRA arms; its time baseline `arm=ft_both peft=none` still builds."""
+    cfg = compose_cfg("experiment=slad", "arm=ft_both", "peft=none", "model=tiny-bert")
+    assert cfg.peft.lora_r == 8
+    model = wrap(tiny_bert(cfg), instantiate(cfg.peft))
+    assert all(p.requires_grad for p in model.parameters())
+
+
 # ----- incompatible choices: one line naming key, value, what is allowed --------------------------------------------
 def seq(*layers: nn.Module) -> Backbone:
     return Backbone(nn.Sequential(*layers), "seq", "", "none", True)

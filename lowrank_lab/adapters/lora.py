@@ -75,7 +75,13 @@ class LoraSpec:
 
 @dataclass
 class FullFinetune:
-    """`peft=none`: no adapter, every parameter trains (the teacher-preparation and time baseline)."""
+    """`peft=none`: no adapter, every parameter trains (the teacher-preparation and time baseline).
+
+    Adapter settings an experiment file gives its LoRA arms (`peft: {lora_r: 8}`) mean nothing here and are
+    accepted, so the same sweep can run its `peft=none` arm (experiment=slad `arm=ft_both peft=none`)."""
+
+    def __init__(self, **adapter_settings: Any) -> None:
+        self.ignored = adapter_settings
 
     def build(self, head: str, default_targets: list[str], init_kwargs: dict[str, Any]) -> None:
         return None
