@@ -99,11 +99,12 @@ def test_killed_run_exits_non_zero_and_its_mlflow_run_failed(tmp_path: Path) -> 
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:  # wait until training has logged a step
-            try:
-                if any("train/loss" in r.data.metrics for r in mlflow_runs(tmp_path)):
-                    break
-            except Exception:  # the store is being created
-                pass
+            # the job writes mlflow_run_id once its run exists: only then is the store migrated and safe to read
+            # (reading a sqlite store while another process creates it races on the migration)
+            if any(tmp_path.glob("runs/*/*/mlflow_run_id")) and any(
+                "train/loss" in r.data.metrics for r in mlflow_runs(tmp_path)
+            ):
+                break
             time.sleep(1)
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         proc.send_signal(signal.SIGTERM)
