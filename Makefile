@@ -49,8 +49,8 @@ test-fast: $(STAMP) $(DATA)
 # job execution off: the UI then needs no background workers; one server worker (mlflow's default is 4) is plenty
 # for one user and starts in a quarter of the time and memory
 ui: $(STAMP)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
-		--default-artifact-root $(CURDIR)/outputs/mlartifacts --host 127.0.0.1 --port $(or $(PORT),5000) --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri $(call q,sqlite:///$(CURDIR)/outputs/mlflow.db) \
+		--default-artifact-root $(call q,$(CURDIR)/outputs/mlartifacts) --host 127.0.0.1 --port $(or $(PORT),5000) --workers 1
 
 bench: $(STAMP) $(DATA)
 	$(BIN)/python -m benchmarks.run --out outputs/bench
@@ -66,14 +66,18 @@ bench: $(STAMP) $(DATA)
 SCALE ?= small
 LAUNCHER ?=
 TRACKING_URI ?= sqlite:///$(CURDIR)/outputs/mlflow.db
+# $(call q,<text>): one shell word, quoted (a checkout or REPORTS path with spaces or quotes stays one argument);
+# Hydra override values are double-quoted inside it, so that Hydra too reads a path with spaces, quotes or commas whole
+q = '$(subst ','\'',$(1))'
 REPORTS ?= outputs/reports
 PAPER_GLUE := model=roberta-large data.train_limit=null trainer=gpu
 REPRODUCIBLE := $(strip sad-synthetic sad-glue adapters slora \
 	$(if $(wildcard conf/experiment/lorafa_math.yaml),lorafa) $(if $(wildcard conf/experiment/slad_vision.yaml),slad))
 # $(call reproduce,<experiment>,<paper-scale overrides>)
-reproduce = $(BIN)/python run.py -m experiment=$(1) logger.experiment_name=$(1) logger.tracking_uri=$(TRACKING_URI) \
+reproduce = $(BIN)/python run.py -m experiment=$(1) logger.experiment_name=$(1) $(call q,logger.tracking_uri="$(TRACKING_URI)") \
 	$(if $(filter paper,$(SCALE)),$(2)) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS) \
-	&& $(BIN)/python -m lowrank_lab.tracking.report $(1) --tracking-uri $(TRACKING_URI) --out $(REPORTS)/$(1)
+	&& $(BIN)/python -m lowrank_lab.tracking.report $(1) --tracking-uri $(call q,$(TRACKING_URI)) --out $(call q,$(REPORTS)/$(1)) \
+		--page docs/results/$(1).md --command $(call q,make $@ SCALE=$(SCALE)$(if $(LAUNCHER), LAUNCHER=$(LAUNCHER)))
 
 .PHONY: reproduce-all reproduce-sad-synthetic reproduce-sad-glue reproduce-adapters reproduce-slora \
 	reproduce-lorafa reproduce-slad reproduce-scale teacher
@@ -86,10 +90,11 @@ reproduce-scale:
 conf/experiment/%.yaml:
 	@$(error not available yet: experiment=$* (conf/experiment/$*.yaml is missing))
 
-# SAD-LoRA Theorems 1-3 on synthetic spectra (one process, CPU, the seed's own scale at either SCALE)
+# SAD-LoRA Theorems 1-3 on synthetic spectra (one process, CPU, the seed's own scale at either SCALE).
+# Measured here: 4 min wall (65 s CPU) on the 2-core machine, under load from other jobs.
 reproduce-sad-synthetic: reproduce-scale $(STAMP)
-	$(BIN)/python -m lowrank_lab.synthetic --out $(REPORTS)/sad_synthetic --tracking-uri $(TRACKING_URI) \
-		--experiment sad_synthetic $(ARGS)
+	$(BIN)/python -m lowrank_lab.synthetic --out $(call q,$(REPORTS)/sad_synthetic) --tracking-uri $(call q,$(TRACKING_URI)) \
+		--experiment sad_synthetic --page docs/results/sad_synthetic.md --command 'make $@' $(ARGS)
 
 # SAD-LoRA's GLUE table: KD-LoRA vs SAD-LoRA-Align, 6 tasks x 3 seeds (paired delta in the report)
 reproduce-sad-glue: reproduce-scale $(STAMP) $(DATA)

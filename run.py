@@ -6,6 +6,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+import lowrank_lab  # noqa: F401  (registers conf/'s resolvers, ${lab.stamp:…}, before Hydra composes)
+
 os.environ.setdefault("LOWRANK_LAB_ROOT", os.path.dirname(os.path.abspath(__file__)))
 # Hydra loads launcher classes only from the `hydra_plugins` namespace: ours (hydra/launcher=slurm) lives here.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "launchers", "plugins"))

@@ -15,7 +15,6 @@ import random
 import shutil
 import sys
 import time
-from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -60,24 +59,14 @@ def _rebatch(loader: DataLoader, batch_size: int) -> DataLoader:
     )
 
 
-def _labels(loader: DataLoader) -> torch.Tensor:
-    return torch.cat([batch["labels"].reshape(-1) for batch in loader])
-
-
 def majority_baseline(task: Any, datamodule: Any) -> float | None:
-    """The task metric on dev of always predicting the train split's most frequent class (0 for regression:
-    a constant has no correlation; None for a causal LM, which has no classes)."""
-    if task.kind == "causal_lm":
-        return None
-    if task.regression:
-        return 0.0
-    from lowrank_lab.metrics.task import task_metrics
+    """The task metric on dev of the task's trivial predictor (majority class, constant mean, unigram LM)."""
+    from lowrank_lab.metrics.baseline import trivial_baseline
 
-    majority = Counter(_labels(datamodule.train_dataloader()).tolist()).most_common(1)[0][0]
-    val = _labels(datamodule.val_dataloader())
-    metrics = task_metrics(task, "val/")
-    metrics.update(torch.full_like(val, majority), val)
-    return float(metrics.compute()[task.monitor])
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    vocab = len(tokenizer) if tokenizer is not None else None
+    train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
+    return trivial_baseline(task, train, val, vocab).get(task.metric)
 
 
 def prepare(
@@ -107,7 +96,7 @@ def prepare(
             max_steps=settings.max_steps,
             logger=False,
             enable_checkpointing=False,
-            enable_progress_bar=False,
+            enable_progress_bar=True,  # several minutes for a GLUE task on a CPU: show them
             enable_model_summary=False,
             num_sanity_val_steps=0,
             default_root_dir=str(tmp),
@@ -124,7 +113,7 @@ def prepare(
         "train_seconds": round(time.perf_counter() - start, 1),
         **meta,
     }
-    info["beats_majority"] = None if majority is None else bool(info["dev"] > majority)
+    info["beats_majority"] = beats_baseline(task.metric, info["dev"], majority)
     model.cpu().save_pretrained(tmp)  # safetensors
     if getattr(datamodule, "tokenizer", None) is not None:
         datamodule.tokenizer.save_pretrained(tmp)  # the dir is a loadable model for method=kd elsewhere
@@ -141,17 +130,30 @@ def prepare(
     return info
 
 
+def beats_baseline(metric: str, dev: float | None, baseline: float | None) -> bool | None:
+    """Whether a teacher's dev score beats its baseline by the margin a job needs to count as learned."""
+    from lowrank_lab.data.task import TaskSpec
+    from lowrank_lab.metrics.baseline import learned
+
+    if dev is None or baseline is None:
+        return None
+    task = TaskSpec(name="teacher", num_labels=0, metric=metric)
+    return bool(learned(task, {metric: dev}, {metric: baseline})[0])
+
+
 def check_quality(info: dict[str, Any], settings: TeacherSettings, where: str) -> None:
-    """Refuse (require_better_than_majority) or warn loudly when the teacher does not beat the majority class."""
-    dev, majority = info.get("dev"), info.get("majority")
-    if dev is None or majority is None or dev > majority:
+    """Refuse (require_better_than_majority, the default) or warn loudly when the teacher does not beat its
+    baseline by the learned margin (metrics.baseline.MARGINS): distilling from it would teach nothing."""
+    dev, majority, metric = info.get("dev"), info.get("majority"), info.get("metric")
+    if beats_baseline(metric, dev, majority) in (None, True):
         return
     msg = (
-        f"teacher {where}: dev {info.get('metric')}={dev:.4f} does not beat the majority-class baseline "
-        f"{majority:.4f}; raise method.teacher.lr / method.teacher.epochs or use a task the model is strong on"
+        f"teacher {where}: dev {metric}={dev:.4f} does not beat its baseline {majority:.4f}; train a stronger one "
+        "with method.teacher.lr=2e-4 method.teacher.epochs=8 (or more rows: data.train_limit=null), or use a task "
+        "the model is strong on"
     )
     if settings.require_better_than_majority:
-        raise LabError(f"method.teacher.require_better_than_majority=true: {msg}")
+        raise LabError(f"{msg}; method.teacher.require_better_than_majority=false accepts it anyway")
     bar = "!" * 100
     print(f"{bar}\nWARNING: {msg}\n{bar}", file=sys.stderr, flush=True)
     log.warning(msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from pathlib import Path
@@ -16,9 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowrank_lab.adapters import wrap
 from lowrank_lab.adapters.init.gradient import save_init_offset
+from lowrank_lab.callbacks.finite import StopOnNonFiniteLoss
+from lowrank_lab.config_tree import print_config_tree
 from lowrank_lab.errors import LabError, bad_value
+from lowrank_lab.metrics.baseline import datamodule_baseline, learned
 from lowrank_lab.models.teachers import teacher_for_run
 from lowrank_lab.summary import print_summary
+from lowrank_lab.tracking.loggers import build_loggers
+from lowrank_lab.validate import validate
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -55,9 +61,10 @@ def resolve_checkpoint(ckpt_path: str | None, job_dir: Path) -> str | None:
     if not Path(ckpt_path).is_file():
         raise bad_value("ckpt_path", ckpt_path, "an existing .ckpt file, 'last', or null")
     try:
-        torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # never unpickle a user's file
     except Exception as err:
-        raise bad_value("ckpt_path", ckpt_path, f"a readable Lightning checkpoint ({type(err).__name__})") from None
+        allowed = f"a readable Lightning checkpoint, tensors and plain values only ({type(err).__name__})"
+        raise bad_value("ckpt_path", ckpt_path, allowed) from None
     return ckpt_path
 
 
@@ -77,17 +84,21 @@ def _run(cfg: DictConfig) -> float | None:
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     job_dir, overrides, run_name = _job_context()
+    if rank_zero_only.rank == 0:
+        print_config_tree(cfg)  # extras.print_config=false: off
 
     # 1. Everything that can be wrong with the config is found here, before training or tracking starts.
     datamodule = instantiate(cfg.data)
+    validate(cfg, datamodule)  # model head vs task, learning rates, a method's epoch split
     datamodule.setup("fit")  # reads (and caches) the data now: a missing source fails before anything else
+    report_split = "test" if cfg.get("test", True) else "val"
+    baseline = datamodule_baseline(datamodule, report_split)  # the trivial predictor on the split we report
     spec, init = instantiate(cfg.peft), instantiate(cfg.init)
     ckpt = resolve_checkpoint(cfg.get("ckpt_path"), job_dir)
     if ckpt:
         print(f"resuming from {ckpt}", file=sys.stderr, flush=True)
     backbone = instantiate(cfg.model, num_labels=datamodule.task.num_labels)
-    if backbone.random_init:
-        backbone.model.save_pretrained(job_dir / "base")  # a random-init base is part of the result
+    base = copy.deepcopy(backbone.model) if backbone.random_init else None  # saved once every check passed
     teacher = teacher_for_run(cfg, backbone, datamodule, init)  # None unless method.teacher / init needs one
     model = wrap(backbone, spec, init, datamodule=datamodule)  # data-aware inits (CorDA) do their pass here
     init.apply(model, datamodule=datamodule, teacher=teacher)
@@ -95,31 +106,29 @@ def _run(cfg: DictConfig) -> float | None:
     module = instantiate(cfg.method, student=model, task=datamodule.task, **with_teacher)
     if cfg.get("optim") is not None:  # optim=: preconditioning or peft's frozen-A optimizer around method.optimizer
         instantiate(cfg.optim).attach(module)
+    if base is not None:  # a random-init base is part of the result (as initialised, before adapters and inits)
+        base.save_pretrained(job_dir / "base")
+        base = None
 
     # 2. Tracking: a child run of the sweep (or a plain run), reused when this job dir is resumed.
     #    Under DDP only rank 0 has a run: Lightning re-runs this script for ranks > 0 with LOCAL_RANK set (SLURM
     #    starts them with SLURM_PROCID), rank_zero_only.rank reads those, and their loggers stay no-ops.
-    loggers: list[Any] = []
     run_id = None
     if cfg.logger.get("tracking_uri"):
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        from lowrank_lab.tracking.job import start_job_run
+        from lowrank_lab.tracking.job import log_facts, start_job_run
 
         if rank_zero_only.rank == 0:
-            run_id = start_job_run(cfg, job_dir, overrides, run_name)
-        loggers.append(
-            MLFlowLogger(
-                experiment_name=cfg.logger.experiment_name,
-                tracking_uri=cfg.logger.tracking_uri,
-                run_id=run_id,
-                log_model=False,
-            )
-        )
+            run_id = start_job_run(cfg, job_dir, overrides, run_name, datamodule=datamodule)
+            log_facts(cfg.logger.tracking_uri, run_id, {f"baseline/{k}": v for k, v in baseline.items()})
+            if teacher is not None and teacher.info.get("dev") is not None:
+                scores = {f"teacher/{teacher.info['metric']}": teacher.info["dev"]}
+                log_facts(cfg.logger.tracking_uri, run_id, scores | {"teacher/baseline": teacher.info.get("majority")})
+    loggers = build_loggers(cfg.logger, run_id)  # logger=: a Lightning logger's _target_ (mlflow: the job's run)
     (job_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     # 3. Fit, test, save the adapter.
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks.append(StopOnNonFiniteLoss())  # a diverged job fails; it never reports a metric
     if not loggers:  # the LR monitor has nothing to write to without a logger (and Lightning refuses it)
         from lightning.pytorch.callbacks import LearningRateMonitor
 
@@ -132,6 +141,10 @@ def _run(cfg: DictConfig) -> float | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.get("test", True) else {}
+        reported = {k.split("/", 1)[1]: float(v) for k, v in (test or val).items() if k.startswith(f"{report_split}/")}
+        did_learn, why = learned(datamodule.task, reported, baseline)
+        if run_id is not None:
+            log_facts(cfg.logger.tracking_uri, run_id, {}, {"lowrank_lab.learned": str(did_learn).lower()})
         adapter_dir = job_dir / "adapter"
         if trainer.is_global_zero:  # a method that trains several encoders (SLAD) saves them all
             getattr(module, "save_adapters", module.student.save_pretrained)(adapter_dir)
@@ -151,5 +164,10 @@ def _run(cfg: DictConfig) -> float | None:
             finish_job_run(cfg.logger.tracking_uri, run_id, job_dir, status)
 
     objective = val.get(datamodule.task.monitor)
-    print_summary(datamodule.task, val, test, run_id, cfg.logger.get("tracking_uri"), adapter_dir)
+    same_split = not getattr(datamodule, "heldout_fraction", 0)  # val and test are both the labelled dev split
+    shown = test if (test and same_split) else {**val, **test}
+    base = {f"{report_split}/{k}": v for k, v in baseline.items()}
+    print_summary(datamodule.task, shown, base, run_id, cfg.logger.get("tracking_uri"), adapter_dir)
+    if did_learn is False:
+        print(f"WARNING: this job did not learn: {why}", file=sys.stderr, flush=True)
     return objective

@@ -20,13 +20,15 @@ def finished_jobs(proc, n: int) -> None:
     assert proc.stdout.count("adapter:") == n, proc.stdout[-3000:]
 
 
-def test_kasa_logs_its_regulariser_for_finetune_and_kd(tmp_path: Path) -> None:
-    # data.train_limit=64: two batches, so KD's teacher (full fine-tuning, prepared once) takes seconds
-    args = ["-m", *TINY, "peft=kasa", "init=default,pissa", "method=finetune,kd", "data.train_limit=64"]
+def test_kasa_logs_its_regulariser_under_kd_for_every_init(tmp_path: Path) -> None:
+    # data.train_limit=64: two batches, so KD's teacher (full fine-tuning, prepared once) takes seconds; a teacher
+    # that short sits at its baseline, so the gate is switched off (tests/test_kasa_methods.py covers every method)
+    gate = "method.teacher.require_better_than_majority=false"
+    args = ["-m", *TINY, "peft=kasa", "init=default,pissa", "method=kd", gate, "data.train_limit=64"]
     proc = run_cli(args, tmp_path, timeout=900)
-    finished_jobs(proc, 4)
+    finished_jobs(proc, 2)
     children = [r for r in mlflow_runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for run in children:
         assert run.data.params["peft._target_"].endswith("KasaSpec")

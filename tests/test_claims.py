@@ -1,6 +1,7 @@
 """The claims a report checks (lowrank_lab.tracking.claims), on stores written by hand with MlflowClient: SLoRA's
-criterion per gate mode against the `none` run of the same seed, evaluated by hand below; SAD − KD paired by seed
-against numpy over the values the store was written with."""
+criterion per gate mode against the `none` run of the same seed, evaluated by hand below; SAD − KD (B = 0) and
+SAD − KD (same spectral init) paired by seed against numpy / scipy over the values the store was written with; SLAD's
+checks paired by seed; an arm with a run that did not learn leaves its comparison undecided; FAILED runs never count."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from scipy import stats as scipy_stats
 
-from lowrank_lab.tracking import claims
+from lowrank_lab.tracking import claims, stats
 from lowrank_lab.tracking.report import write_report
 from lowrank_lab.tracking.results import load_sweep
 from tests.sweep_fixture import Store, new_store
@@ -78,35 +80,118 @@ def test_slora_criterion_by_hand(tmp_path: Path) -> None:
         assert row.criterion == HOLDS[(row.seed, row.mode)]
 
     markdown = files["markdown"].read_text()
-    assert "**Verdict:** criterion holds for: novelty; fails for: loss_floor, combined" in markdown
-    # novelty: loss +0.25 / +0.40 %, steps −40 / −35 %, wall −20 / −20 %
-    assert (
-        "| sst2 | novelty | 2 | 0.4515 ± 0.0714 (n=2) | +0.32 ± 0.11 % | -37.50 ± 3.54 % | -20.00 ± 0.00 % " in markdown
-    )
-    assert "| holds (2/2 seeds) |" in markdown and markdown.count("| fails (1/2 seeds) |") == 2
+    # two seeds: the bootstrap CI of a mean change is [min, max] of the two (test_stats)
+    # novelty: loss +0.25 / +0.40 % (< +0.5 %), steps −40 / −35 % (< −30 %): holds
+    # loss_floor: loss +2.5 / −0.2 % straddles +0.5 %; combined: steps −28 / −40 % straddles −30 %: inconclusive
+    assert "**Verdict:** holds on 1 of 3 (novelty); inconclusive on 2 (loss_floor, combined)" in markdown
+    row = "| sst2 | novelty | 2 | – | 0.4515 ± 0.0714 (n=2) | +0.32 ± 0.11 % | [+0.25, +0.40] % | -37.50 ± 3.54 % |"
+    assert row + " [-40.00, -35.00] % | -20.00 ± 0.00 % | 2/2 | holds |" in markdown
+    assert markdown.count("| 1/2 | inconclusive |") == 2
     assert "| sst2 | none | 2 |" in markdown and "| baseline |" in markdown
     assert (tmp_path / "report" / "val_loss_vs_accepted_steps.png").exists()
 
 
-def test_sad_glue_paired_delta(fake_sweep: Store, tmp_path: Path) -> None:
-    fake = fake_sweep
-    sweep = load_sweep(fake.parent_id, fake.uri)
-    sweep.experiment = "sad_glue"  # its jobs have no `experiment=` tag: the MLflow experiment's name decides
+# sad_glue: (task, arm) -> per-seed final test metric; the paper has RTE +0.048 (SAD better), SST-2 −0.001 (≈)
+SEEDS = range(6)
+KD_RTE = [0.601, 0.622, 0.583, 0.640, 0.612, 0.598]
+KD_SST2 = [0.781, 0.775, 0.790, 0.769, 0.784, 0.772]
+GLUE = {
+    ("rte", "kd"): KD_RTE,
+    ("rte", "sad"): [v + d for v, d in zip(KD_RTE, [0.05, 0.06, 0.045, 0.052, 0.07, 0.04])],  # clearly ahead
+    ("rte", "kd_spectral"): [v + d for v, d in zip(KD_RTE, [0.07, 0.03, 0.06, 0.04, 0.08, 0.05])],  # SAD ±0.02
+    ("sst2", "kd"): KD_SST2,
+    ("sst2", "sad"): [v + d for v, d in zip(KD_SST2, [0.002, -0.003, 0.001, 0.0, -0.001, 0.002])],  # ≈
+    ("sst2", "kd_spectral"): KD_SST2,
+}
+BASELINE = {"rte": 0.527, "sst2": 0.509}  # majority class on the reported split
+NOT_LEARNED = {("sst2", "kd_spectral", 3)}  # one run at the majority class: its comparison is undecided
+# how `experiment=sad_glue`'s sweep spells the arms (sad_glue_arm) and what train.py logs as params
+ARMS = {
+    "kd": ("lowrank_lab.methods.kd.DistillationModule", "lowrank_lab.adapters.init.Initializer"),
+    "kd_spectral": ("lowrank_lab.methods.kd.DistillationModule", "lowrank_lab.adapters.init.spectral.SpectralInit"),
+    "sad": ("lowrank_lab.methods.sad.SADModule", "lowrank_lab.adapters.init.spectral.SpectralInit"),
+}
+
+
+def sad_glue_store(root: Path) -> tuple[str, str]:
+    """A sad_glue sweep written by hand (GLUE above, val/ and test/ metrics, baselines, learned tags, wall times)
+    plus a FAILED sad job on RTE with an absurd value; returns (uri, parent run id)."""
+    uri = new_store(root)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("sad_glue", artifact_location=(root / "mlartifacts").as_uri())
+    start = 1_700_000_000_000
+    parent = client.create_run(exp, start_time=start, tags={"lowrank_lab.sweep": "true"}).info.run_id
+    client.set_tag(parent, "sweep.overrides", "experiment=sad_glue")
+    for (task, arm), values in GLUE.items():
+        for seed, value in zip(SEEDS, values):
+            tags = {"mlflow.parentRunId": parent, "override.experiment": "sad_glue", "override.data": task}
+            tags |= {"override.sad_glue_arm": arm, "override.seed": str(seed)}
+            tags["lowrank_lab.learned"] = "false" if (task, arm, seed) in NOT_LEARNED else "true"
+            run = client.create_run(exp, start_time=start + 1000, tags=tags).info.run_id
+            target, init = ARMS[arm]
+            params = {"method._target_": target, "init._target_": init, "data.task": task, "seed": str(seed)}
+            params |= {"threads": "1", "trainer.accelerator": "cpu"}
+            metrics = [Metric("val/accuracy", value - 0.2, 0, 10), Metric("val/accuracy", value + 0.01, 0, 20)]
+            metrics += [Metric("test/accuracy", value, 0, 20), Metric("baseline/accuracy", BASELINE[task], 0, 0)]
+            client.log_batch(run, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+            client.set_terminated(run, "FINISHED", end_time=start + 61_000)
+    tags = {"mlflow.parentRunId": parent, "override.data": "rte", "override.sad_glue_arm": "sad"}
+    failed = client.create_run(exp, tags=tags).info.run_id
+    params = [Param("method._target_", ARMS["sad"][0]), Param("data.task", "rte"), Param("seed", "0")]
+    client.log_batch(failed, metrics=[Metric("test/accuracy", 0.0, 0, 1)], params=params)
+    client.set_terminated(failed, "FAILED", end_time=start + 30_000)
+    client.set_terminated(parent, "FINISHED", end_time=start + 125_000)
+    return uri, parent
+
+
+def test_sad_glue_two_comparisons(tmp_path: Path) -> None:
+    uri, parent = sad_glue_store(tmp_path)
+    sweep = load_sweep("sad_glue", uri)
     files = write_report(sweep, tmp_path / "report", log=False)
     table = pd.read_csv(files["claim"])
-    assert list(table["task"]) == ["rte", "stsb"]
-    held = []
-    for row in table.itertuples():
-        diffs = np.array([fake.values[("sad", row.task, s)] - fake.values[("kd", row.task, s)] for s in range(3)])
-        mean, std = diffs.mean(), diffs.std(ddof=1)
-        assert (row.delta_mean, row.delta_std, row.n) == (pytest.approx(mean), pytest.approx(std), 3)
-        here = "ahead" if mean - std > 0 else "behind" if mean + std < 0 else "within seed spread"
-        assert row.here == here and row.paper_delta == claims.PAPER_SAD_MINUS_KD[row.task]
-        assert row.holds == (here == "ahead")  # the paper has SAD better on both RTE and STS-B
-        held += [row.task] if row.holds else []
+    got = {(r.base_arm, r.task): r for r in table.itertuples()}
+    assert set(got) == {(b, t) for b in ("kd", "kd_spectral") for t in ("rte", "sst2")}
+    for (base, task), row in got.items():
+        new, old = np.array(GLUE[(task, "sad")]), np.array(GLUE[(task, base)])  # the FAILED sad run is not in
+        assert (row.n, row.new_arm) == (6, "sad") and row.delta_mean == pytest.approx((new - old).mean())
+        assert row.delta_std == pytest.approx((new - old).std(ddof=1))
+        same = np.ptp(new - old) == 0
+        assert np.isnan(row.t_p) if same else row.t_p == pytest.approx(scipy_stats.ttest_rel(new, old).pvalue)
+        if not same:
+            assert row.wilcoxon_p == pytest.approx(scipy_stats.wilcoxon(new, old).pvalue)
+        assert (row.ci_low, row.ci_high) == pytest.approx(stats.bootstrap_ci(new - old))
+        assert row.baseline == pytest.approx(BASELINE[task]) and row.paper_delta == claims.PAPER_SAD_MINUS_KD[task]
+    assert got[("kd", "rte")].verdict == "holds"  # every seed +0.04 … +0.07
+    assert got[("kd_spectral", "rte")].verdict == "inconclusive"  # −0.02 … +0.02 around 0
+    assert got[("kd", "sst2")].verdict == "holds"  # paper ≈, ours within ±0.003
+    assert got[("kd_spectral", "sst2")].verdict == "undecided: kd_spectral did not learn"
+    assert got[("kd_spectral", "sst2")].base_learned == "no (5/6)" and got[("kd", "sst2")].base_learned == "yes (6/6)"
+
     markdown = files["markdown"].read_text()
-    assert f"**Verdict:** holds on {len(held)} of 2 tasks ({', '.join(held) or 'none'})" in markdown
-    assert "## Claim: SAD-LoRA vs KD-LoRA" in markdown and "## sad vs kd, paired by seed" not in markdown
+    assert "SAD vs KD, B = 0 (the paper's comparison): holds on 2 of 2 (rte, sst2)" in markdown
+    assert "SAD vs KD, same spectral init (what L_align adds): holds on 0 of 2; inconclusive on 1 (rte); " in markdown
+    assert "undecided on 1 (sst2)" in markdown
+    assert "| sst2 (test/accuracy) |" in markdown and "| baseline (trivial predictor) |" in markdown
+    assert "| no (5/6) |" in markdown and "-0.001 (≈)" in markdown
+    assert (tmp_path / "report" / "delta_ci.png").exists()
+
+
+def test_sad_glue_without_the_third_arm(fake_sweep: Store) -> None:
+    """An older sweep (kd vs sad only, no init params, no learned tags): the paper's comparison is still made."""
+    sweep = load_sweep(fake_sweep.parent_id, fake_sweep.uri)
+    sweep.experiment = "sad_glue"
+    claim = claims.check(sweep, ["method"])
+    assert (
+        set(claim.table["base_arm"]) == {"kd"}
+        and "same spectral init (what L_align adds): not checked" in claim.verdict
+    )
+    for row in claim.table.itertuples():
+        d = np.array(
+            [fake_sweep.values[("sad", row.task, s)] - fake_sweep.values[("kd", row.task, s)] for s in range(3)]
+        )
+        assert row.delta_mean == pytest.approx(d.mean()) and row.verdict == stats.verdict(
+            stats.bootstrap_ci(d), 0.048 if row.task == "rte" else 0.046
+        )
 
 
 def test_no_claim_without_its_experiment(fake_sweep: Store) -> None:
@@ -119,7 +204,7 @@ def test_no_claim_without_its_experiment(fake_sweep: Store) -> None:
 
 
 # SLAD arms: seed -> arm -> (teacher accuracy, student accuracy, align/cka, time/train_s); ft_both is left out of
-# seed 2 and probe_kd entirely, which must not stop the other checks
+# seed 2 and probe_kd entirely, which must not stop the other checks; seed 2's `separate` run did not learn
 SLAD = {
     1: {"ft_kd": (0.90, 0.80, 0.50, 30), "lora_kd": (0.88, 0.82, 0.70, 20), "separate": (0.85, 0.78, 0.4, 12)},
     2: {"ft_kd": (0.91, 0.81, 0.60, 32), "lora_kd": (0.87, 0.78, 0.65, 21), "separate": (0.86, 0.77, 0.4, 12)},
@@ -128,7 +213,7 @@ SLAD[1] |= {"slad_full": (0.87, 0.80, 0.8, 10), "ft_both": (0.92, 0.84, 0.3, 25)
 SLAD[2] |= {"slad_full": (0.85, 0.79, 0.8, 11)}
 
 
-def test_slad_claims_against_hand_means(tmp_path: Path) -> None:
+def test_slad_claims_paired_by_seed(tmp_path: Path) -> None:
     uri = new_store(tmp_path)
     client = MlflowClient(uri)
     exp = client.create_experiment("slad", artifact_location=(tmp_path / "mlartifacts").as_uri())
@@ -136,6 +221,7 @@ def test_slad_claims_against_hand_means(tmp_path: Path) -> None:
     for seed, arms in SLAD.items():
         for arm, (teacher, student, cka, train_s) in arms.items():
             tags = {"mlflow.parentRunId": parent, "override.experiment": "slad", "override.arm": arm}
+            tags["lowrank_lab.learned"] = "false" if (seed, arm) == (2, "separate") else "true"
             run = client.create_run(exp, tags=tags).info.run_id
             values = {"val/teacher_accuracy": teacher, "val/student_accuracy": student, "val/teacher_loss": 9.0}
             values |= {"align/cka": cka, "time/train_s": train_s}
@@ -144,17 +230,15 @@ def test_slad_claims_against_hand_means(tmp_path: Path) -> None:
             client.set_terminated(run, "FINISHED")
     claim = claims.check(load_sweep(parent, uri), ["method"])
 
-    def mean(arm: str, i: int) -> float:
-        return float(np.mean([arms[arm][i] for arms in SLAD.values() if arm in arms]))
+    def deltas(win: str, lose: str, i: int) -> list[float]:
+        return [arms[win][i] - arms[lose][i] for arms in SLAD.values() if win in arms and lose in arms]
 
-    expected = {  # the five checks of claims.SLAD_CHECKS, evaluated by hand from the table above
-        "cka": mean("lora_kd", 2) > mean("ft_kd", 2),  # 0.675 > 0.55: holds
-        "distils": mean("lora_kd", 1) > mean("ft_kd", 1),  # 0.80 < 0.805: does not hold
-        "student": mean("slad_full", 1) > mean("separate", 1),  # 0.795 > 0.775: holds
-        "teacher": mean("slad_full", 0) > mean("separate", 0),  # 0.86 vs 0.855: holds
-        "speed": 2 * mean("slad_full", 3) <= mean("ft_both", 3),  # 21 ≤ 25: holds
-    }
-    got = dict(zip(expected, claim.shown["holds"]))
-    assert got == {k: "yes" if v else "no" for k, v in expected.items()}
-    assert claim.verdict.startswith(f"holds for {sum(expected.values())} of 5 checks")
-    assert float(claim.shown["lora_kd"][0]) == pytest.approx(mean("lora_kd", 2), abs=1e-4)
+    # two seeds: the CI is [min Δ, max Δ] (test_stats), so each verdict is read off the per-seed Δ by hand
+    assert deltas("lora_kd", "ft_kd", 2) == pytest.approx([0.2, 0.05])  # cka: holds
+    assert deltas("lora_kd", "ft_kd", 1) == pytest.approx([0.02, -0.03])  # student: inconclusive
+    expected = ["holds", "inconclusive", "undecided: separate did not learn", "undecided: separate did not learn"]
+    expected += ["inconclusive"]  # speed: ft_both ran seed 1 only (25 s / 10 s − 2 = +0.5), one seed: no CI
+    assert list(claim.shown["verdict"]) == expected
+    assert claim.table["n"].tolist() == [2, 2, 2, 2, 1]
+    assert claim.table["delta_mean"].tolist() == pytest.approx([0.125, -0.005, 0.02, 0.005, 0.5])
+    assert claim.verdict.startswith("holds on 1 of 5 (1); inconclusive on 2 (2, 5); undecided on 2 (3, 4)")

@@ -113,6 +113,33 @@ def test_frequent_directions_basis_orthonormal_and_rank_limited():
     assert FrequentDirections(20, 6).basis(4).shape == (20, 0)
 
 
+def _row_space(rows: torch.Tensor) -> np.ndarray:
+    """An orthonormal basis of the row space, by scipy (the independent reference)."""
+    from scipy.linalg import orth
+
+    return orth(rows.double().numpy().T, rcond=1e-6)
+
+
+@pytest.mark.parametrize("ell, rows", [(3, None), (2, 4), (4, 5)])
+def test_frequent_directions_span_is_the_buffer_row_space_and_keeps_the_newest_row(ell, rows):
+    from scipy.linalg import subspace_angles
+
+    fd = FrequentDirections(24, ell, rows=rows)
+    g = _gen(7)
+    for _ in range(40):
+        row = torch.randn(24, generator=g)
+        fd.update(row)
+        span = fd.span.double().numpy()
+        want = _row_space(fd.buffer[: fd.next_row])
+        assert span.shape[1] == want.shape[1] <= fd.buffer.shape[0]
+        assert subspace_angles(span, want).max() < 1e-3  # the same space as scipy's
+        np.testing.assert_allclose(span.T @ span, np.eye(span.shape[1]), atol=1e-5)
+        unit = row.double().numpy() / np.linalg.norm(row.numpy())
+        assert 1 - np.sum((span.T @ unit) ** 2) < 1e-5  # the row just added lies in the span
+    with pytest.raises(ValueError, match="rows"):
+        FrequentDirections(24, 3, rows=3)
+
+
 def test_frequent_directions_state_round_trip():
     fd = FrequentDirections(12, 3)
     fd.update(torch.randn(17, 12, generator=_gen(0)))
@@ -122,6 +149,7 @@ def test_frequent_directions_state_round_trip():
     fd.update(more)
     other.update(more)
     torch.testing.assert_close(fd.sketch, other.sketch)
+    torch.testing.assert_close(fd.span, other.span)
     with pytest.raises(ValueError, match="ell"):
         FrequentDirections(12, 4).load_state_dict(fd.state_dict())
 
@@ -190,11 +218,11 @@ def test_novelty_orthogonal_inside_and_range():
     assert gate.novelty(torch.randn(64)) == 1.0  # no basis yet
     for z in torch.randn(30, 64, generator=_gen(0)):
         gate.update(z)
-    gate.refresh_basis()
     w = gate.basis
-    assert w.shape == (64, 8)
-    torch.testing.assert_close(w.T @ w, torch.eye(8), atol=1e-5, rtol=0)
-    inside = w @ torch.randn(8, generator=_gen(1))
+    q = w.shape[1]
+    assert w.shape[0] == 64 and 4 <= q <= 8  # ℓ = k/2 shrunk directions + the sketches accepted since
+    torch.testing.assert_close(w.T @ w, torch.eye(q), atol=1e-5, rtol=0)
+    inside = w @ torch.randn(q, generator=_gen(1))
     assert gate.novelty(inside) == pytest.approx(0.0, abs=1e-5)
     r = torch.randn(64, generator=_gen(2))
     assert gate.novelty(r - w @ (w.T @ r)) == pytest.approx(1.0, abs=1e-5)
@@ -207,18 +235,47 @@ def test_basis_orthonormal_after_periodic_reorthogonalisation():
     gate = _small_gate(burn_in=0, reorth_every=5)
     for z in torch.randn(17, 32, generator=_gen(0)):
         gate.update(z)
-    assert gate.num_updates == 17 and gate.basis.shape == (32, 4)  # refreshed at 5, 10, 15
-    torch.testing.assert_close(gate.basis.T @ gate.basis, torch.eye(4), atol=1e-5, rtol=0)
+    q = gate.basis.shape[1]
+    assert gate.num_updates == 17 and gate.basis.shape[0] == 32 and 2 <= q <= 4  # re-orthonormalised at 5, 10, 15
+    torch.testing.assert_close(gate.basis.T @ gate.basis, torch.eye(q), atol=1e-5, rtol=0)
 
 
-def test_burn_in_accepts_every_step_and_refreshes_basis():
+def test_burn_in_accepts_every_step_and_fills_the_basis():
     gate = _small_gate(burn_in=50, reorth_every=1000)
     for z in torch.randn(50, 32, generator=_gen(0)):
         assert gate.accept(0.0)
         gate.update(z)
         gate.step()
     assert gate.accepted_steps == gate.total_steps == 50 and gate.acceptance_rate() == 1.0
-    assert gate.basis.shape == (32, 4)  # refreshed at the end of burn-in
+    assert gate.basis.shape[0] == 32 and 2 <= gate.basis.shape[1] <= 4  # current after every accept
+
+
+def test_an_accepted_sketch_is_in_the_basis_right_after_update():
+    """The seed's step 7, W ← FD(W, ẑ): after update(z), novelty(z) ≈ 0, whatever reorth_every is; W has rank ≤ k
+    and spans exactly the FD buffer's rows (scipy's orth of the buffer)."""
+    from scipy.linalg import subspace_angles
+
+    gates = [_small_gate(burn_in=0, reorth_every=r, m=64, k=8) for r in (1, 7, 10_000)]
+    for z in _synthetic_stream(300, 64, seed=5):
+        for gate in gates:
+            gate.update(z)
+            assert gate.novelty(z) < 1e-4
+            assert gate.basis.shape[1] <= gate.k
+    spans = [g.basis.double().numpy() for g in gates]
+    reference = _row_space(gates[0].fd.buffer[: gates[0].fd.next_row])
+    for span in spans:  # reorth_every re-orthonormalises only: the same space every time
+        assert subspace_angles(span, reference).max() < 1e-3
+
+
+def test_redundant_sketches_lose_novelty_at_once():
+    """Two sketches accepted one after the other: a repeat of either is seen as redundant right away."""
+    gate = _small_gate(burn_in=0, m=64, k=8, reorth_every=128)
+    a, b = torch.randn(2, 64, generator=_gen(11))
+    assert gate.novelty(a) == 1.0
+    gate.update(a)
+    gate.update(b)
+    assert gate.novelty(a) < 1e-4 and gate.novelty(b) < 1e-4 and gate.novelty(a + 2 * b) < 1e-4
+    assert gate.novelty(torch.randn(64, generator=_gen(12))) > 0.5
 
 
 def _synthetic_stream(n: int, m: int, seed: int) -> torch.Tensor:

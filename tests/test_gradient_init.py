@@ -1,12 +1,14 @@
-"""`init=gradient` (LoRA-FA seed, LoRA-GA): on a linear model B·A is the top-r SVD of the closed-form gradient;
-on the tiny BERT the output is unchanged at step 0 (with rsLoRA too), the offset is redone on reload, and bad
-settings fail with one line."""
+"""`init=gradient` (LoRA-FA seed, LoRA-One, LoRA-GA): on a linear model LoRA-One's B·A is the top-r SVD of the
+closed-form gradient and LoRA-FA's the whitened step computed here with scipy's matrix square roots; each direction
+composes with its own whiten / offset; on the tiny BERT the output is unchanged at step 0 with an offset (rsLoRA
+too), the offset is redone on reload, and bad settings fail with one line."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -14,7 +16,7 @@ from peft import LoraConfig
 from torch.utils.data import DataLoader
 
 from lowrank_lab.adapters import adapted_modules, load_adapter
-from lowrank_lab.adapters.init.gradient import OFFSET_FILE, GradientInit, save_init_offset
+from lowrank_lab.adapters.init.gradient import DIRECTION_DEFAULTS, OFFSET_FILE, GradientInit, save_init_offset
 from lowrank_lab.errors import LabError
 from lowrank_lab.spectral import principal_angles
 from tests.test_inits import base_logits, build, compose_cfg, datamodule, logits, original_weight  # noqa: F401
@@ -62,8 +64,8 @@ def lora_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float, nn.Mod
 
 
 @pytest.mark.parametrize("rslora", [False, True], ids=["lora", "rslora"])
-def test_lorafa_ba_is_the_top_r_svd_of_the_analytic_gradient(rslora: bool) -> None:
-    model, w0, grad = init_linear("LoRA-FA", scale="unit", rslora=rslora)
+def test_lora_one_ba_is_the_top_r_svd_of_the_analytic_gradient(rslora: bool) -> None:
+    model, w0, grad = init_linear("LoRA-One", scale="unit", rslora=rslora, offset=True)
     b, a, scaling, layer = lora_of(model)
     assert scaling == pytest.approx(6.0 / R**0.5 if rslora else 6.0 / R)
     u, s, vh = torch.linalg.svd(-grad, full_matrices=False)  # independent reference: the full fine-tuning step
@@ -75,8 +77,8 @@ def test_lorafa_ba_is_the_top_r_svd_of_the_analytic_gradient(rslora: bool) -> No
 
 
 @pytest.mark.parametrize("scale,c2", [("stable", 1 / 128), ("gd", None), ("unit", 1.0), ("weight_svd", None)])
-def test_lorafa_scales(scale: str, c2: float | None) -> None:
-    model, w0, grad = init_linear("LoRA-FA", scale=scale, stable_gamma=128)
+def test_lora_one_scales(scale: str, c2: float | None) -> None:
+    model, w0, grad = init_linear("LoRA-One", scale=scale, stable_gamma=128)
     b, a, scaling, _ = lora_of(model)
     if scale == "gd":
         c2 = scaling**-2
@@ -104,7 +106,10 @@ GRAD = ["init=gradient", "init.bsz=4", "init.iters=2", "init.cache_dir=null"]
 
 @pytest.mark.parametrize(
     "extra",
-    [["init.direction=LoRA-FA", "peft=qv", "peft.use_rslora=true"], ["init.direction=ArB2r", "init.scale=stable"]],
+    [
+        ["init.direction=LoRA-FA", "init.offset=true", "peft=qv", "peft.use_rslora=true"],
+        ["init.direction=ArB2r", "init.scale=stable"],
+    ],
     ids=["lorafa-qv-rslora", "ArB2r"],
 )
 def test_output_unchanged_and_reload(tmp_path: Path, datamodule, extra: list[str]) -> None:  # noqa: F811
@@ -138,6 +143,8 @@ BAD = [
     ({"bsz": 0}, "init.bsz=0"),
     ({"iters": 1.5}, "init.iters=1.5"),
     ({"direction": "ArBr", "whiten": True}, "init.whiten=True"),
+    ({"direction": "ArB2r", "offset": False}, "init.offset=False"),
+    ({"direction": "LoRA-One", "whiten": True}, "init.whiten=True"),
 ]
 
 
@@ -154,3 +161,56 @@ def test_rank_too_large_for_loraga_fails_with_one_line() -> None:
     GradientInit(direction="LoRA-FA").check(spec, {"proj": model.proj})  # r ≤ 7
     with pytest.raises(LabError, match=r"peft\.lora_r=4: r ≤ 3 with init\.direction=ArB2r"):
         GradientInit(direction="ArB2r").check(spec, {"proj": model.proj})  # 2r > 7
+
+
+# ----- each direction's own whiten / offset; LoRA-FA's whitened step against scipy -------------------------------
+@pytest.mark.parametrize(
+    "overrides, whiten, offset",
+    [
+        (["init=gradient"], True, False),  # the seed's LoRA-FA: whitened, no base offset
+        (["init=gradient", "init.direction=LoRA-FA"], True, False),
+        (["init=gradient", "init.direction=LoRA-One"], False, False),
+        (["init=gradient", "init.direction=ArB2r"], False, True),
+        (["init=loraga"], False, True),  # LoRA-GA keeps its offset
+        (["init=gradient", "init.whiten=false"], False, False),  # an explicit value wins
+    ],
+)
+def test_each_direction_composes_with_its_own_whiten_and_offset(tmp_path: Path, overrides, whiten, offset) -> None:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(tmp_path, *overrides)
+    resolved = OmegaConf.to_container(cfg.init, resolve=True)  # what the job logs as init.* params
+    assert (resolved["whiten"], resolved["offset"]) == (whiten, offset)
+    init = instantiate(cfg.init)
+    assert (init.whiten, init.offset) == (whiten, offset)
+    table = {k: dict(v) for k, v in resolved["directions"].items()}
+    assert table == DIRECTION_DEFAULTS  # the yaml's table is the code's
+    assert (GradientInit(direction=init.direction).whiten, GradientInit(direction=init.direction).offset) == (
+        DIRECTION_DEFAULTS[init.direction]["whiten"],
+        DIRECTION_DEFAULTS[init.direction]["offset"],
+    )
+
+
+def test_lorafa_whitened_step_matches_scipy_matrix_square_roots() -> None:
+    """B·A = C^{-½}[C^{½}(−G)Σ^{½}]_r Σ^{-½} / σ₁ with C, Σ, G written out for y = W x, L = mean ½‖Wx − y‖²."""
+    from scipy.linalg import inv, sqrtm, svd
+
+    reg = 1e-3
+    model, w0, grad = init_linear("LoRA-FA", scale="unit", reg_alpha=reg)  # whiten=True, offset=False: its own
+    b, a, _, layer = lora_of(model)
+    _, x, y, _ = linear_problem()
+    x, y, w = x.numpy(), y.numpy(), w0.numpy()
+    j = (x @ w.T - y) / 4  # ∂(batch mean loss)/∂(output) per example: batches of bsz = 4
+    C = j.T @ j / N + reg * np.eye(D_OUT)  # E[JJᵀ] over the N examples (one token each) + reg·I
+    S = x.T @ x / N + reg * np.eye(D_IN)  # E[xxᵀ] + reg·I
+    G = grad.numpy()  # the closed-form mean gradient
+    c_half, s_half = np.real(sqrtm(C)), np.real(sqrtm(S))
+    u, s, vh = svd(c_half @ (-G) @ s_half, full_matrices=False)
+    step = inv(c_half) @ (u[:, :R] * s[:R]) @ vh[:R] @ inv(s_half)  # the rank-r step in the functional metric
+    want = step / np.linalg.svd(step, compute_uv=False)[0]  # unit scale: top singular value 1
+    np.testing.assert_allclose((b @ a).numpy(), want, atol=1e-8, rtol=1e-6)
+    unwhitened = np.linalg.svd(-G)
+    plain = (unwhitened[0][:, :R] * unwhitened[1][:R]) @ unwhitened[2][:R] / unwhitened[1][0]
+    assert np.abs(want - plain).max() > 1e-2  # the metric changes the step: this checks the whitened route
+    torch.testing.assert_close(layer.get_base_layer().weight, w0, atol=0, rtol=0)  # no base offset

@@ -136,14 +136,16 @@ def test_save_merged_loads_in_plain_transformers(tmp_path: Path) -> None:
         torch.testing.assert_close(merged(**b).logits, expect, atol=1e-5, rtol=0)
 
 
-def test_causal_lm_teacher_has_no_majority_baseline() -> None:
-    from lowrank_lab.data.task import TaskSpec
+def test_causal_lm_teacher_judged_against_unigram_perplexity() -> None:
+    from lowrank_lab.errors import LabError
     from lowrank_lab.models.teachers import TeacherSettings
-    from lowrank_lab.teachers import check_quality, majority_baseline
+    from lowrank_lab.teachers import check_quality
 
-    lm = TaskSpec("gsm8k", 0, "perplexity", ("perplexity",), kind="causal_lm")
-    assert majority_baseline(lm, None) is None  # method=lorafa on instruction data: no class to compare against
+    # perplexity: lower is better, a teacher must be ≥ 10 % below the unigram model's (metrics.baseline.MARGINS)
     assert check_quality({"metric": "perplexity", "dev": 9.0, "majority": None}, TeacherSettings(), "t") is None
+    assert check_quality({"metric": "perplexity", "dev": 9.0, "majority": 100.0}, TeacherSettings(), "t") is None
+    with pytest.raises(LabError, match="require_better_than_majority=false"):
+        check_quality({"metric": "perplexity", "dev": 95.0, "majority": 100.0}, TeacherSettings(), "t")
 
 
 ARMS = [("lorafa_math", "init=default"), ("lorafa_math", "init=gradient"), ("init_compare", "init=loraga")]
@@ -171,7 +173,7 @@ def test_experiments_compose_for_every_arm(experiment: str, arm: str) -> None:
 SEED = "+init=gradient ++init.direction=LoRA-FA init.scale=stable ++init.stable_gamma=128 init.bsz=2 init.iters=2 "
 SEED += "+peft=qv peft.lora_r=4 peft.use_rslora=true peft.lora_alpha=8"
 SMALL = "model=tiny-bert trainer=debug data.train_limit=96 data.batch_size=16 data.val_limit=32 data.max_length=32 "
-SMALL += "method.teacher.max_steps=2 threads=1"
+SMALL += "method.teacher.max_steps=2 method.teacher.require_better_than_majority=false threads=1"
 LORAFA = "method=lorafa method.cycle.task_steps=1 method.cycle.align_steps=2 optim.precondition=true save.merged=true"
 
 
@@ -187,6 +189,7 @@ def test_seed_command_line_runs_and_logs_to_mlflow(tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
     expect = {"init.direction": "LoRA-FA", "init.scale": "stable", "init.stable_gamma": "128", "init.bsz": "2"}
     expect |= {"peft.lora_r": "4", "peft.use_rslora": "True", "optim.precondition": "True", "save.merged": "True"}
+    expect |= {"init.whiten": "True", "init.offset": "False"}  # the seed's LoRA-FA: whitened, no base offset
     assert {k: params.get(k) for k in expect} == expect
     assert "query" in params["peft.target_modules"] and "val/accuracy" in metrics and "train/align_loss" in metrics
     assert "lr-AdamW" in metrics  # preconditioning keeps the LR metric's name, so sweeps over it compare one curve
@@ -194,5 +197,5 @@ def test_seed_command_line_runs_and_logs_to_mlflow(tmp_path: Path) -> None:
     phases = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/phase"), key=lambda m: m.step)]
     assert phases == [TASK, ALIGN, ALIGN, TASK]  # 96 examples / 16, capped at 4 batches by trainer=debug
     (job,) = [p for p in (tmp_path / "runs").glob("*/*") if (p / "adapter").is_dir()]
-    assert (job / "adapter" / "init_offset.safetensors").is_file()
+    assert not (job / "adapter" / "init_offset.safetensors").exists()  # LoRA-FA moves nothing out of the base
     AutoModelForSequenceClassification.from_pretrained(job / "merged")

@@ -62,7 +62,7 @@ def _run(name: str, kernel: Any, **parameters: str) -> dict:
 def test_notebooks_on_a_real_sweep(small_sweep: Store, kernel: Any) -> None:
     out = _run("compare_sweeps", kernel)  # store and sweep from the environment: the latest sweep
     assert f"store: {small_sweep.uri}" in out["text"] and small_sweep.parent_id in out["text"]
-    assert "2 finished of 2 jobs" in out["text"] and "sst2 (val/accuracy)" in out["text"]
+    assert "2 finished of 2 jobs" in out["text"] and "sst2 (test/accuracy)" in out["text"]  # the reported split
     assert "not a two-method comparison" in out["text"] and "experiment 'lowrank_lab' has no claim" in out["text"]
     assert "drew ['val_metric_vs_step']" in out["text"] and out["images"] == 1
 

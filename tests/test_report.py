@@ -1,20 +1,26 @@
-"""`python -m lowrank_lab.tracking.report`: the method × task table (mean ± std over seeds), the paired Δ of two
-methods, the standard plots, and the files logged to the sweep's parent run; numbers checked against numpy over
-values read independently through MlflowClient."""
+"""`python -m lowrank_lab.tracking.report`: the method × task table (mean ± std over seeds, baselines, learned), the
+paired Δ of two methods (scipy's paired t-test, bootstrap CI), the standard plots, the files logged to the sweep's
+parent run, and the results page (--page); numbers checked against numpy / scipy over values read independently
+through MlflowClient."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy import stats as scipy_stats
 
+from lowrank_lab.tracking import pages, stats
 from lowrank_lab.tracking.plots import PLOT_FILES
 from lowrank_lab.tracking.report import main, write_report
 from lowrank_lab.tracking.results import ReportError, load_sweep, method_name
 from tests.sweep_fixture import Store
+from tests.test_claims import BASELINE, GLUE, sad_glue_store
 
 pytest_plugins = ["tests.sweep_fixture"]
 
@@ -49,7 +55,9 @@ def test_table_delta_plots_and_artifacts(fake: Store, tmp_path: Path) -> None:
     files = write_report(sweep, tmp_path / "report")
 
     summary = pd.read_csv(files["summary"])
-    assert list(summary.columns) == ["method", "task", "metric", "n", "mean", "std"]  # nothing varies but the method
+    columns = ["method", "task", "metric", "n", "mean", "std", "baseline", "learned"]
+    assert list(summary.columns) == columns  # nothing varies but the method
+    assert summary["baseline"].isna().all() and set(summary["learned"]) == {"–"}  # a store without them
     assert len(summary) == 4 and set(summary["method"]) == {"kd", "sad"}
     assert dict(zip(summary["task"], summary["metric"])) == {"rte": "val/accuracy", "stsb": "val/spearman"}
     for row in summary.itertuples():
@@ -62,10 +70,13 @@ def test_table_delta_plots_and_artifacts(fake: Store, tmp_path: Path) -> None:
     for row in delta.itertuples():
         diffs = [fake.values[("sad", row.task, s)] - fake.values[("kd", row.task, s)] for s in range(3)]
         assert row.delta_mean == pytest.approx(np.mean(diffs)) and row.delta_std == pytest.approx(np.std(diffs, ddof=1))
+        new = [fake.values[("sad", row.task, s)] for s in range(3)]
+        assert row.t_p == pytest.approx(scipy_stats.ttest_rel(new, [n - d for n, d in zip(new, diffs)]).pvalue)
+        assert (row.ci_low, row.ci_high) == pytest.approx(stats.bootstrap_ci(diffs)) and np.isnan(row.wilcoxon_p)
 
     markdown = files["markdown"].read_text()
     assert "| method | rte (val/accuracy) | stsb (val/spearman) |" in markdown
-    assert "## sad vs kd, paired by seed" in markdown and "Δ (sad − kd)" in markdown
+    assert "## sad vs kd, paired by seed" in markdown and "Δ (sad − kd)" in markdown and "| p (t) |" in markdown
     assert "12 finished of 13" in markdown
     assert {p.name for p in (tmp_path / "report").glob("*.png")} == set(PLOT_FILES)
     assert _artifacts(fake.uri, fake.parent_id) == {p.name for p in files.values()}
@@ -100,13 +111,13 @@ def test_report_of_a_real_sweep(small_sweep: Store, tmp_path: Path, capsys: pyte
     out = tmp_path / "r"
     assert main([small_sweep.parent_id, "--tracking-uri", small_sweep.uri, "--out", str(out)]) == 0
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["method", "task", "metric", "n", "mean", "std"]
-    assert summary[["method", "task", "metric"]].values.tolist() == [["finetune", "sst2", "val/accuracy"]]
-
+    assert list(summary.columns) == ["method", "task", "metric", "n", "mean", "std", "baseline", "learned"]
     client = MlflowClient(small_sweep.uri)
     exp = client.get_experiment_by_name(small_sweep.experiment)
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{small_sweep.parent_id}'")
-    acc = [c.data.metrics["val/accuracy"] for c in children]
+    metric = "test/accuracy" if "test/accuracy" in children[0].data.metrics else "val/accuracy"  # test/ when run
+    assert summary[["method", "task", "metric"]].values.tolist() == [["finetune", "sst2", metric]]
+    acc = [c.data.metrics[metric] for c in children]
     assert len(acc) == summary["n"][0] == 2
     assert summary["mean"][0] == pytest.approx(np.mean(acc)) and summary["std"][0] == pytest.approx(np.std(acc, ddof=1))
 
@@ -115,3 +126,43 @@ def test_report_of_a_real_sweep(small_sweep: Store, tmp_path: Path, capsys: pyte
     assert _artifacts(small_sweep.uri, small_sweep.parent_id) == written
     assert f"| finetune | {summary['mean'][0]:.4f} ± {summary['std'][0]:.4f} (n=2) |" in (out / "report.md").read_text()
     assert f"logged to run {small_sweep.parent_id}" in capsys.readouterr().out
+
+
+def test_results_page(tmp_path: Path) -> None:
+    """--page: the committed page has every section, its plots exist beside it and its links resolve; the table
+    carries the baseline row and the learned column; the FAILED job is counted, not averaged."""
+    uri, parent = sad_glue_store(tmp_path / "store")
+    page = tmp_path / "docs" / "results" / "sad_glue.md"
+    argv = ["sad_glue", "--tracking-uri", uri, "--out", str(tmp_path / "r"), "--no-log", "--page", str(page)]
+    assert main([*argv, "--command", "make reproduce-sad-glue SCALE=small"]) == 0
+    text = page.read_text()
+    sections = ["## Claim", "## How this was made", "## Results", "## Paired test", "## Verdict", "## Plots"]
+    sections += ["## Differences from the paper"]
+    assert [text.index(s) for s in sections] == sorted(text.index(s) for s in sections)
+    assert (
+        "- command: `make reproduce-sad-glue SCALE=small`" in text
+        and "- sweep overrides: `experiment=sad_glue`" in text
+    )
+    assert f"- git commit: {pages.git_state()}" in text and pages.git_state().split()[0] != "unknown"
+    assert f"{os.cpu_count()} cores" in text and "jobs: `threads` = 1, accelerator = cpu" in text
+    # the parent ran 125 s; 36 jobs finished in 60 s each; the FAILED one is counted, never averaged
+    assert "wall time of the sweep: 125 s (2.1 min); jobs: 36 finished, 1 not finished" in text
+    rte = np.array(GLUE[("rte", "sad")])
+    row = f"| sad | sad | {rte.mean():.4f} ± {rte.std(ddof=1):.4f} (n=6) |"
+    assert (
+        row in text
+        and f"| baseline (trivial predictor) |  | {BASELINE['rte']:.4f} | {BASELINE['sst2']:.4f} | – |" in text
+    )
+    assert "**SAD vs KD, B = 0 (the paper's comparison): holds on 2 of 2 (rte, sst2) |" in text
+    assert pages.DIFFERENCES["sad_glue"] in text
+    links = re.findall(r"!\[\]\(([^)]+)\)", text)
+    assert "sad_glue_delta_ci.png" in links and "sad_glue_val_metric_vs_step.png" in links
+    for link in links:
+        png = page.parent / link
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
+    assert {p.name for p in page.parent.iterdir()} == {"sad_glue.md", *links}
+
+
+def test_every_reproduction_has_its_differences() -> None:
+    names = {"sad_synthetic", "sad_glue", "adapter_compare", "slora_ablation", "slad", "slad_vision", "lorafa_math"}
+    assert names <= set(pages.DIFFERENCES) and all(len(pages.DIFFERENCES[n]) > 100 for n in names)

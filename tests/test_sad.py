@@ -98,15 +98,15 @@ def test_coefficient_term_reaches_a() -> None:
 
 
 def test_schedules_are_completed_with_alpha_and_run_length() -> None:
-    module = make_sad(alpha_align=2.0, schedule=partial(LinearWarmup, warmup_steps=10))
+    module = make_sad(alpha_align=2.0, alpha_schedule=partial(LinearWarmup, warmup_steps=10))
     schedule = module._build_schedule()
     assert schedule(0) == 0.0 and schedule(5) == pytest.approx(1.0) and schedule(20) == 2.0
-    module = make_sad(alpha_align=1.0, schedule=partial(CosineDecay))
+    module = make_sad(alpha_align=1.0, alpha_schedule=partial(CosineDecay))
     module._trainer = SimpleNamespace(estimated_stepping_batches=40)
     cosine = module._build_schedule()
     assert cosine.total_steps == 40 and cosine(40) == pytest.approx(0.0)
     state = {"alpha_schedule": {"alpha": 0.3, "last_step": 7}}
-    module = make_sad(schedule=partial(AdaptiveSchedule))
+    module = make_sad(alpha_schedule=partial(AdaptiveSchedule))
     module.on_load_checkpoint(state)
     assert module.alpha_schedule.alpha == 0.3
 
@@ -180,7 +180,10 @@ def test_configs_compose() -> None:
             cfg = compose("config", overrides=["experiment=sad_glue", f"method={arm}", "data=rte", "seed=1"])
             assert cfg.init._target_.endswith(init) and cfg.peft.lora_r == 8 and cfg.method.kd_temperature == 4.0
         sweep = compose("config", overrides=["experiment=sad_glue"], return_hydra_config=True).hydra.sweeper.params
-        assert dict(sweep) == {"data": "sst2,mrpc,stsb,rte,cola,qnli", "method": "kd,sad", "seed": "0,1,2"}
+        arms = {"sad_glue_arm": "kd,kd_spectral,sad"}  # conf/sad_glue_arm: kd (B = 0), kd_spectral, sad
+        assert dict(sweep) == {"data": "sst2,mrpc,stsb,rte,cola,qnli", **arms, "seed": "0,1,2"}
+        arm = compose("config", overrides=["experiment=sad_glue", "sad_glue_arm=kd_spectral"])
+        assert arm.method._target_.endswith("DistillationModule") and arm.init._target_.endswith("SpectralInit")
 
 
 def test_sad_refuses_a_teacher_without_updates() -> None:

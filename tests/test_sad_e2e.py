@@ -18,6 +18,7 @@ SMALL = [
     "data.val_limit=32",
     "data.max_length=32",
     "method.teacher.max_steps=4",
+    "method.teacher.require_better_than_majority=false",
     "method.n_calib=256",
     "threads=1",
 ]

@@ -173,10 +173,10 @@ def test_bad_settings_fail_in_one_line() -> None:
     for kw, key in [
         ({"share": "half"}, "method.share"),
         ({"kd_weight": -1.0}, "method.kd_weight"),
-        ({"schedule": "alternate"}, "method.schedule"),
+        ({"training": "alternate"}, "method.training"),
         ({"teacher_adapter": "lora"}, "method.teacher_adapter"),
         ({"teacher_adapter": "full"}, "method.share"),  # share=full needs LoRA on both
-        ({"schedule": "sequential"}, "method.share"),
+        ({"training": "sequential"}, "method.share"),
     ]:
         with pytest.raises(LabError, match=rf"^{key}=\S+: [^\n]+$"):
             text_pair(**kw)
@@ -192,7 +192,7 @@ def test_bad_settings_fail_in_one_line() -> None:
 
 
 def test_linear_probe_teacher_trains_only_its_head() -> None:
-    module, _ = text_pair(share="none", schedule="sequential", teacher_adapter="probe")
+    module, _ = text_pair(share="none", training="sequential", teacher_adapter="probe")
     trainable = [n for n, p in module.teacher.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith("classifier.") for n in trainable)
     assert set(module.loss_terms(batch())) == {"teacher_task"}  # stage 1: the teacher alone
@@ -246,5 +246,5 @@ def test_every_arm_of_the_experiment_composes(experiment: str) -> None:
         method = OmegaConf.to_container(cfg.method, resolve=True)
         assert method["_target_"].endswith("SLADModule") and method["pair"]["teacher"], arm
         assert (method["share"], method["kd_weight"]) == (cfg.arms[arm].share, cfg.arms[arm].kd), arm
-        sequential = method["schedule"] == "sequential"
+        sequential = method["training"] == "sequential"
         assert cfg.trainer.max_epochs == (2 if sequential else 1) * method["teacher_epochs"], arm

@@ -66,9 +66,9 @@ def test_teacher_student_and_alignment_metrics_are_logged() -> None:
     assert 0.0 <= float(logged["align/cka"]) <= 1.0
 
 
-def test_sequential_schedule_trains_the_teacher_then_the_student() -> None:
+def test_sequential_training_trains_the_teacher_then_the_student() -> None:
     warmup = partial(warmup_linear, warmup_ratio=0.1)
-    module, _ = text_pair(share="none", schedule="sequential", teacher_epochs=1, scheduler=warmup)
+    module, _ = text_pair(share="none", training="sequential", teacher_epochs=1, scheduler=warmup)
     snaps = Snapshots()
     snaps.on_train_epoch_end(None, module)  # the start: index 0
     fit(module, epochs=2, callbacks=[snaps])

@@ -107,7 +107,7 @@ def _assert_equal(a: dict, b: dict) -> None:
         (dict(gate=dict(GATE, mode="none")), None),
         (dict(gate=dict(GATE, mode="none")), 0.05),  # clipping active: the gradient norm here is ≫ 0.05
         (dict(gate=dict(GATE, mode="novelty", burn_in=100)), 0.05),  # in burn-in every batch is accepted
-        (dict(gate=dict(GATE, mode="combined", burn_in=100), schedule="accepted"), None),
+        (dict(gate=dict(GATE, mode="combined", burn_in=100), lr_clock="accepted"), None),
     ],
 )
 def test_accepted_steps_equal_the_ungated_steps_bit_for_bit(gated_kw, grad_clip):
@@ -187,7 +187,7 @@ def test_rejected_steps_change_no_parameter_optimizer_or_scheduler_state(mode):
     decisions = [r["accept"] for r in snaps.records]
     assert decisions[:2] == [True, True] and not all(decisions), decisions  # burn-in, then some rejections
     for i, r in enumerate(snaps.records):
-        if r["accept"]:  # schedule=batches: the LR is where the ungated run's is after batch i
+        if r["accept"]:  # lr_clock=batches: the LR is where the ungated run's is after batch i
             assert r["gs1"] == r["gs0"] + 1 and r["epoch1"] == i + 1
             assert any(not torch.equal(r["before"][k], r["after"][k]) for k in r["before"] if k.startswith("p."))
         else:
@@ -222,7 +222,7 @@ def test_gate_state_survives_checkpoint_and_resume(tmp_path):
     assert (a["accepted_steps"], a["total_steps"]) == (b["accepted_steps"], b["total_steps"])
     assert a["gate"]["tau"] == b["gate"]["tau"] and a["loss_history"] == b["loss_history"]
     assert torch.equal(a["gate"]["generator"], b["gate"]["generator"])
-    assert torch.equal(a["gate"]["basis"], b["gate"]["basis"])
+    assert torch.equal(a["gate"]["fd"]["span"], b["gate"]["fd"]["span"])  # W, the FD buffer's row space
     _assert_equal(_state(straight), _state(resumed))
 
     # and the restored gate takes the same decisions as the original on any further stream
@@ -259,8 +259,8 @@ def test_configuration_errors_name_the_key():
         _module(base="slora", gate=GATE)
     with pytest.raises(LabError, match="power of two"):
         _module(gate=dict(GATE, m=48))
-    with pytest.raises(LabError, match="method.schedule"):
-        _module(gate=GATE, schedule="later")
+    with pytest.raises(LabError, match="method.lr_clock"):
+        _module(gate=GATE, lr_clock="later")
 
 
 def test_a_head_applied_per_token_is_read_at_the_last_real_token():

@@ -19,7 +19,13 @@ from lowrank_lab.errors import LabError
 from lowrank_lab.models.teachers import INFO_FILE, SAD_MISMATCH, TeacherSettings
 from tests.conftest import DATA_DIR, REPO, mlflow_runs, run_cli
 
-TINY = ["model=tiny-bert", "data.train_limit=64", "data.val_limit=32", "method.teacher.max_steps=3"]
+TINY = [
+    "model=tiny-bert",
+    "data.train_limit=64",
+    "data.val_limit=32",
+    "method.teacher.max_steps=3",
+    "method.teacher.require_better_than_majority=false",
+]
 
 
 def overrides(out: Path, *extra: str) -> list[str]:
@@ -30,7 +36,7 @@ def test_settings_defaults_match_the_method_config() -> None:
     yaml = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "method" / "kd.yaml").teacher)
     defaults = vars(TeacherSettings())
     for key, value in yaml.items():
-        if key not in ("cache_dir", "seed"):  # interpolations of paths.output_dir / seed
+        if not str(value).startswith("${"):  # interpolations: paths.output_dir, seed, data.epochs
             assert defaults[key] == value, key
     assert set(yaml) == set(defaults)
 
@@ -74,18 +80,21 @@ def test_majority_baseline() -> None:
     # (torchmetrics 1.9 gives a constant predictor a non-zero MCC, e.g. 0.41 here, where sklearn gives 0).
     mcc = TaskSpec("cola", 2, "mcc", ("mcc",))
     constant = prep.majority_baseline(mcc, dm([1, 1, 0], [1, 0, 1]))
-    assert prep.check_quality({"metric": "mcc", "dev": constant, "majority": constant}, TeacherSettings(), "t") is None
+    with pytest.raises(LabError, match="does not beat its baseline"):
+        prep.check_quality({"metric": "mcc", "dev": constant, "majority": constant}, TeacherSettings(), "t")
     stsb = TaskSpec("stsb", 1, "spearman", ("spearman",), regression=True)
-    assert prep.majority_baseline(stsb, None) == 0.0
+    assert prep.majority_baseline(stsb, dm([1.0, 3.0], [2.0, 5.0])) == 0.0
 
 
 def test_weak_teacher_warns_loudly_or_is_refused(capsys: pytest.CaptureFixture) -> None:
     info = {"metric": "accuracy", "dev": 0.527, "majority": 0.527}
-    prep.check_quality(info, TeacherSettings(), "t")
-    assert "WARNING: teacher t: dev accuracy=0.5270 does not beat" in capsys.readouterr().err
-    with pytest.raises(LabError, match="method.teacher.require_better_than_majority=true"):
-        prep.check_quality(info, TeacherSettings(require_better_than_majority=True), "t")
-    prep.check_quality({**info, "dev": 0.6}, TeacherSettings(require_better_than_majority=True), "t")
+    prep.check_quality(info, TeacherSettings(require_better_than_majority=False), "t")
+    assert "WARNING: teacher t: dev accuracy=0.5270 does not beat its baseline" in capsys.readouterr().err
+    with pytest.raises(LabError, match="method.teacher.require_better_than_majority=false accepts it anyway"):
+        prep.check_quality(info, TeacherSettings(), "t")  # refused by default
+    with pytest.raises(LabError, match="does not beat"):  # better, but not by the learned margin (0.02)
+        prep.check_quality({**info, "dev": 0.54}, TeacherSettings(), "t")
+    prep.check_quality({**info, "dev": 0.6}, TeacherSettings(), "t")
 
 
 def test_prepare_saves_a_frozen_cached_teacher(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -97,7 +106,7 @@ def test_prepare_saves_a_frozen_cached_teacher(tmp_path: Path, capsys: pytest.Ca
     assert folder.name == teacher.key and (folder / "model.safetensors").exists()
     info = json.loads((folder / INFO_FILE).read_text())
     assert {"dev", "majority", "beats_majority", "base", "data", "recipe"} <= set(info)
-    assert info["steps"] == 3 and info["recipe"]["lr"] == 1e-4
+    assert info["steps"] == 2 and info["recipe"]["lr"] == 1e-4  # 64 rows / 32 × 1 epoch (sst2's data.epochs)
     assert teacher.sad_style and set(teacher.delta) == {
         f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")
     }

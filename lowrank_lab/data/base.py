@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lowrank_lab.errors import bad_value
+
 
 def load_tokenizer(name: str) -> Any:
     """The tokenizer of `model.tokenizer` (packaged, converted, local or cached hub id); pads with eos if needed."""
@@ -21,6 +23,13 @@ def load_tokenizer(name: str) -> Any:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_limits(**limits: int | None) -> None:
+    """`data.train_limit` / `data.val_limit`: null (all rows) or a positive count; 0 would train zero steps."""
+    for name, value in limits.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise bad_value(f"data.{name}", value, "null (all rows) or an integer >= 1")
 
 
 class SplitDataModule(L.LightningDataModule):

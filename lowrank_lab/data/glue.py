@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
+from lowrank_lab.data.base import check_limits
 from lowrank_lab.data.collate import PadCollator
 from lowrank_lab.data.sampler import EpochShuffleSampler
 from lowrank_lab.data.sources import load_table, tokenize_cached
@@ -74,6 +75,8 @@ class GlueDataModule(L.LightningDataModule):
         val_limit: int | None = None,
         heldout_fraction: float = 0.0,
         seed: int = 0,
+        group_by_length: bool = True,
+        epochs: int = 1,
     ) -> None:
         super().__init__()
         if task not in GLUE_TASKS:
@@ -82,11 +85,14 @@ class GlueDataModule(L.LightningDataModule):
             raise bad_value("data.path", path, "a local csv/tsv/json/jsonl/parquet file or a folder of them")
         if max_length < 8:
             raise bad_value("data.max_length", max_length, "an integer >= 8")
+        check_limits(train_limit=train_limit, val_limit=val_limit)
         self.name, self.spec = task, GLUE_TASKS[task]
         self.tokenizer_name, self.data_dir, self.path = tokenizer, Path(data_dir), path
         self.max_length, self.batch_size = max_length, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
+        self.group_by_length = group_by_length  # train batches of similar length: less padding, same examples
+        self.epochs = epochs  # the budget this task needs to learn with the default model (trainer.max_epochs)
         self.train_limit, self.val_limit, self.heldout_fraction = train_limit, val_limit, heldout_fraction
         self.task = TaskSpec(
             name=task,
@@ -99,15 +105,15 @@ class GlueDataModule(L.LightningDataModule):
 
     def _layout(self) -> tuple:
         spec = self.spec
-        return spec.columns, spec.names, spec.label_map, self.task.regression
+        return spec.columns, spec.names, spec.label_map, self.task.regression, spec.text_keys, spec.num_labels
 
     def _rows(self) -> tuple[list[dict], list[dict], str]:
         """Raw rows (train, dev) and a string naming their source (part of the tokenisation cache key)."""
         if self.path is not None:
-            return load_table(Path(self.path).expanduser(), *self._layout())
+            return load_table(Path(self.path).expanduser(), *self._layout(), key="data.path")
         local = self.data_dir / "glue" / self.spec.folder
         if local.exists():
-            return load_table(local, *self._layout())
+            return load_table(local, *self._layout(), key="paths.data_dir")
         from lowrank_lab.data.sources import load_hub_glue
 
         return load_hub_glue(self.name)
@@ -162,11 +168,17 @@ class GlueDataModule(L.LightningDataModule):
         return DataLoader(
             data,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=EpochShuffleSampler(len(data), self.seed) if shuffle else None,
+            sampler=self._sampler(data) if shuffle else None,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _sampler(self, data: list[dict]) -> EpochShuffleSampler:
+        if not self.group_by_length:
+            return EpochShuffleSampler(len(data), self.seed)
+        lengths = [len(row["input_ids"]) for row in data]
+        return EpochShuffleSampler(len(data), self.seed, lengths=lengths, batch_size=self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

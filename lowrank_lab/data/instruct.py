@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from lowrank_lab.data.base import SplitDataModule, load_tokenizer
+from lowrank_lab.data.base import SplitDataModule, check_limits, load_tokenizer
 from lowrank_lab.data.collate import PadCollator
 from lowrank_lab.data.reference import reference_loader, reference_texts
 from lowrank_lab.data.sources import _read, cached
@@ -76,6 +76,7 @@ class InstructDataModule(SplitDataModule):
             raise bad_value("data.max_length", max_length, "an integer >= 8")
         self.tokenizer_name, self.data_dir, self.folder, self.path = tokenizer, Path(data_dir), folder, path
         self.hub_name, self.hub_config, self.format, self.max_length = hub_name, hub_config, format, max_length
+        check_limits(train_limit=train_limit, val_limit=val_limit)
         self.train_limit, self.val_limit = train_limit, val_limit
         self.exact_match_examples, self.max_new_tokens = exact_match_examples, max_new_tokens
         self.reference_path = Path(reference_path) if reference_path else self.data_dir / "text" / "tinyshakespeare.txt"

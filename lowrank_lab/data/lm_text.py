@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from lowrank_lab.data.base import SplitDataModule, load_tokenizer
+from lowrank_lab.data.base import SplitDataModule, check_limits, load_tokenizer
 from lowrank_lab.data.reference import reference_loader, reference_texts
 from lowrank_lab.data.sources import cached
 from lowrank_lab.data.task import TaskSpec
@@ -55,11 +55,16 @@ class TextDataModule(SplitDataModule):
         self.file = Path(path).expanduser() if path else Path(data_dir) / file
         if not self.file.is_file():
             raise bad_value("data.path" if path else "data.file", str(self.file), "an existing plain-text file")
+        if self.file.stat().st_size == 0:
+            raise bad_value(
+                "data.path" if path else "data.file", str(self.file), "a non-empty plain-text file (0 bytes)"
+            )
         if block_size < 8:
             raise bad_value("data.block_size", block_size, "an integer >= 8")
         if not 0.0 < val_fraction < 1.0:
             raise bad_value("data.val_fraction", val_fraction, "a number in (0, 1)")
         self.tokenizer_name, self.data_dir, self.block_size = tokenizer, Path(data_dir), block_size
+        check_limits(train_limit=train_limit, val_limit=val_limit)
         self.val_fraction, self.train_limit, self.val_limit = val_fraction, train_limit, val_limit
         default_reference = self.data_dir / "gsm8k" / "test.jsonl"  # other text than the training file
         self.reference_path = Path(reference_path) if reference_path else default_reference

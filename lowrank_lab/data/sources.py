@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -18,24 +19,30 @@ SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 SPLIT_NAMES = {"train": ("train",), "dev": ("dev", "validation", "val")}
 
 
-def _read(path: Path, names: tuple[str, ...] | None):
+def _read(path: Path, names: tuple[str, ...] | None, key: str = "data.path"):
+    """The file as a DataFrame (text columns as str); an empty or unparsable file is one line naming it."""
     import pandas as pd
 
-    if path.suffix in (".tsv", ".csv"):
-        sep = "\t" if path.suffix == ".tsv" else ","
-        header = None if names else 0
-        return pd.read_csv(
-            path,
-            sep=sep,
-            quoting=3 if sep == "\t" else 0,
-            header=header,
-            names=names,
-            dtype=str,
-            keep_default_na=False,
-        )
-    if path.suffix in (".jsonl", ".json"):
-        return pd.read_json(path, lines=path.suffix == ".jsonl")
-    return pd.read_parquet(path)
+    if path.stat().st_size == 0:
+        raise bad_value(key, str(path), f"a non-empty {path.suffix} file (this one has 0 bytes)")
+    try:
+        if path.suffix in (".tsv", ".csv"):
+            sep = "\t" if path.suffix == ".tsv" else ","
+            header = None if names else 0
+            return pd.read_csv(
+                path,
+                sep=sep,
+                quoting=3 if sep == "\t" else 0,
+                header=header,
+                names=names,
+                dtype=str,
+                keep_default_na=False,
+            )
+        if path.suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=path.suffix == ".jsonl")
+        return pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as err:  # EmptyDataError is a ValueError
+        raise bad_value(key, str(path), f"a readable {path.suffix} table ({type(err).__name__}: {err})") from None
 
 
 def _find(folder: Path, split: str) -> Path | None:
@@ -46,19 +53,51 @@ def _find(folder: Path, split: str) -> Path | None:
     return None
 
 
+def _label(value: Any, label_map: dict[str, int] | None, regression: bool, num_labels: int) -> int | float | None:
+    """The label as the task's number (a class id in 0..num_labels-1, or a finite score), None if it is not one."""
+    if label_map is not None and str(value) in label_map:
+        return label_map[str(value)]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):  # None, "", "positive"
+        return None
+    if not math.isfinite(number) or isinstance(value, bool):
+        return None
+    if regression:
+        return number
+    return int(number) if number.is_integer() and 0 <= number < num_labels else None
+
+
 def _records(
-    frame, columns: dict[str, str], label_map: dict[str, int] | None, where: Path, regression: bool
+    frame,
+    columns: dict[str, str],
+    label_map: dict[str, int] | None,
+    where: Path,
+    regression: bool,
+    text_keys: tuple[str, ...] = (),
+    num_labels: int = 2,
+    key: str = "data.path",
 ) -> list[dict]:
+    """Rows with the task's text columns and a valid label each; the first bad row is refused in one line."""
     frame = frame.rename(columns=columns)
-    if "label" not in frame.columns:
-        raise bad_value("data.path", str(where), f"needs a 'label' column; found {list(frame.columns)}")
+    missing = [c for c in (*text_keys, "label") if c not in frame.columns]
+    if missing:
+        needed = ", ".join((*text_keys, "label"))
+        raise bad_value(
+            key, str(where), f"needs columns {needed} (missing {', '.join(missing)}); found {list(frame.columns)}"
+        )
+    if regression:
+        allowed = "a finite number (the score)"
+    else:
+        allowed = f"an integer class id in 0..{num_labels - 1}" + (
+            f" or one of {sorted(label_map)}" if label_map else ""
+        )
     rows = frame.to_dict("records")
-    for row in rows:
-        label = row["label"]
-        if label_map is not None and str(label) in label_map:
-            row["label"] = label_map[str(label)]
-        else:
-            row["label"] = float(label) if regression else int(float(label))
+    for i, row in enumerate(rows):
+        label = _label(row["label"], label_map, regression, num_labels)
+        if label is None:
+            raise bad_value(key, str(where), f"row {i + 1} has label={row['label']!r}; allowed: {allowed}")
+        row["label"] = label
     return rows
 
 
@@ -68,20 +107,25 @@ def load_table(
     names: tuple[str, ...] | None,
     label_map: dict[str, int] | None,
     regression: bool = False,
+    text_keys: tuple[str, ...] = (),
+    num_labels: int = 2,
+    key: str = "data.path",
 ) -> tuple[list[dict], list[dict], str]:
     """(train, dev, source) from a folder holding train.* and dev.*/validation.*, or from one file whose last
-    10 % (seeded by file order) becomes dev."""
+    10 % (seeded by file order) becomes dev. Every row must have `text_keys` and a label of the task's label set."""
+    layout = (columns, label_map)
+    task = (regression, text_keys, num_labels, key)
     if path.is_dir():
         train_file, dev_file = _find(path, "train"), _find(path, "dev")
         if train_file is None or dev_file is None:
-            raise bad_value("data.path", str(path), f"a folder with train and dev files ending in {SUFFIXES}")
+            raise bad_value(key, str(path), f"a folder with train and dev files ending in {SUFFIXES}")
         stat = f"{train_file}:{train_file.stat().st_size}:{dev_file.stat().st_size}"
-        train = _records(_read(train_file, names), columns, label_map, train_file, regression)
-        dev = _records(_read(dev_file, names), columns, label_map, dev_file, regression)
+        train = _records(_read(train_file, names, key), *layout, train_file, *task)
+        dev = _records(_read(dev_file, names, key), *layout, dev_file, *task)
         return train, dev, stat
     if path.suffix not in SUFFIXES:
-        raise bad_value("data.path", str(path), f"a file ending in one of {SUFFIXES} or a folder of them")
-    rows = _records(_read(path, names), columns, label_map, path, regression)
+        raise bad_value(key, str(path), f"a file ending in one of {SUFFIXES} or a folder of them")
+    rows = _records(_read(path, names, key), *layout, path, *task)
     cut = max(1, len(rows) // 10)
     return rows[:-cut], rows[-cut:], f"{path}:{path.stat().st_size}"
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from lowrank_lab.data.base import SplitDataModule
+from lowrank_lab.data.base import SplitDataModule, check_limits
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import bad_value
 
@@ -73,6 +73,7 @@ class DigitsDataModule(SplitDataModule):
         if not 0.0 < val_fraction < 1.0:
             raise bad_value("data.val_fraction", val_fraction, "a number in (0, 1)")
         self.image_size, self.val_fraction = image_size, val_fraction
+        check_limits(train_limit=train_limit, val_limit=val_limit)
         self.train_limit, self.val_limit = train_limit, val_limit
         self.collate = default_collate
 

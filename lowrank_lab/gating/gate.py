@@ -2,8 +2,13 @@
 
 Per kept token t (label ≠ −100):  e_t = softmax(p_t) − onehot(y_t), restricted to the top-K logits + gold;
     z = Σ_t TS(h_t ⊗ e_t),  ẑ = z / ‖z‖          (a sketch of the head gradient ∇_W L = Σ_t h_t ⊗ e_t)
-    nov = 1 − ‖Wᵀ ẑ‖²  ∈ [0, 1]                 (W: m × k orthonormal basis of accepted sketches, via FD)
+    nov = 1 − ‖Wᵀ ẑ‖²  ∈ [0, 1]                 (W: m × ≤k orthonormal basis of accepted sketches, via FD)
     P(accept) = σ(β (nov − τ)),  β = target_novelty_scaler;  the first `burn_in` steps always accept.
+Basis: on accept, W ← FD(W, ẑ) at once (the seed's step 7): a Frequent-Directions sketch with ℓ = ⌊k/2⌋ and a
+k-row buffer holds the shrunk principal directions of all accepted sketches plus every sketch accepted since its
+last shrink, and W is an orthonormal basis of its rows, extended by one Gram–Schmidt step per accept (O(m·k);
+an SVD of k × m every k − ℓ accepts). So right after update(z), novelty(z) ≈ 0, and W has rank ≤ k.
+`reorth_every` only re-orthonormalises W (QR) against floating-point drift.
 Threshold rule (ours; the seed only says "τ adapts via EMA"): after each post-burn-in draw
     τ ← τ + η (a − ρ),   a ∈ {0, 1} the decision, ρ = target_novelty (target rate), η = novelty_ema_rate.
 Summed over T steps this gives  (#accepted)/T = ρ + (τ_T − τ_0)/(η T),  and τ stays in a bounded range
@@ -45,8 +50,8 @@ class HeadGradientGate:
     ) -> None:
         if not 0.0 < target_novelty < 1.0:
             raise ValueError(f"target_novelty (the target acceptance rate) must be in (0, 1), got {target_novelty}.")
-        if not 1 <= k <= m:
-            raise ValueError(f"k (basis rank) must be in [1, m={m}], got {k}.")
+        if not 2 <= k <= m:
+            raise ValueError(f"k (basis rank) must be in [2, m={m}], got {k}.")
         for name, value in (
             ("target_novelty_scaler", target_novelty_scaler),
             ("novelty_ema_rate", novelty_ema_rate),
@@ -63,8 +68,7 @@ class HeadGradientGate:
         self.reorth_every, self.k_topk, self.seed = int(reorth_every), int(k_topk), int(seed)
         self.device = torch.device(device)
         self.tensor_sketch = TensorSketch(self.d_hidden, self.vocab_size, self.m, seed=self.seed).to(self.device)
-        self.fd = FrequentDirections(self.m, self.k, device=self.device)
-        self.basis = torch.zeros(self.m, 0, device=self.device)  # W: (m, ≤k)
+        self.fd = FrequentDirections(self.m, self.k // 2, device=self.device, rows=self.k)  # W = its row space
         # Decisions draw from their own CPU generator: identical on every rank and device, and checkpointable.
         self.generator = torch.Generator().manual_seed(self.seed + 1)
         self.tau = 0.0
@@ -162,26 +166,26 @@ class HeadGradientGate:
         self.accepted_steps += int(decision)
         return decision
 
+    @property
+    def basis(self) -> torch.Tensor:
+        """W: (m, ≤k) orthonormal, the row space of the FD buffer (current after every update)."""
+        return self.fd.span
+
     @torch.no_grad()
     def update(self, z: torch.Tensor) -> None:
-        """Add an accepted sketch ẑ (m,) to FD; re-orthonormalise W every `reorth_every` updates."""
+        """W ← FD(W, ẑ) for an accepted sketch ẑ (m,): afterwards novelty(ẑ) ≈ 0; re-orthonormalise W (QR) every
+        `reorth_every` updates."""
         z = self._unit(z.detach().to(self.device).float().reshape(-1))
         if not bool(z.any()):
             return
         self.fd.update(z[None])
         self.num_updates += 1
         if self.num_updates % self.reorth_every == 0:
-            self.refresh_basis()
-
-    def refresh_basis(self) -> None:
-        """W ← orthonormal top-k right singular vectors of the FD buffer, (m, ≤k)."""
-        self.basis = self.fd.basis(self.k).to(self.device, torch.float32)
+            self.fd.reorthonormalize()
 
     def step(self) -> None:
-        """Advance the step counter (call once per batch, accepted or not); refreshes W when burn-in ends."""
+        """Advance the step counter (call once per batch, accepted or not)."""
         self.total_steps += 1
-        if self.total_steps == self.burn_in:
-            self.refresh_basis()
 
     def acceptance_rate(self) -> float:
         """accepted_steps / total_steps (0 before the first step)."""
@@ -216,9 +220,8 @@ class HeadGradientGate:
     # ---- checkpointing
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything that affects future decisions: W, FD buffer, τ, EMAs, counters, generator state."""
+        """Everything that affects future decisions: FD buffer and W, τ, EMAs, counters, generator state."""
         return {
-            "basis": self.basis.clone(),
             "fd": self.fd.state_dict(),
             "tau": self.tau,
             "tau_ready": self.tau_ready,
@@ -239,7 +242,6 @@ class HeadGradientGate:
             if int(state[key]) != getattr(self, key):
                 mine = getattr(self, key)
                 raise ValueError(f"gate state has {key}={state[key]}, this gate has {key}={mine}.")
-        self.basis = state["basis"].to(self.device, torch.float32).clone()
         self.fd.load_state_dict(state["fd"])
         self.tau, self.tau_ready = float(state["tau"]), bool(state["tau_ready"])
         ema = state["novelty_ema"]

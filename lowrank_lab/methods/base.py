@@ -47,21 +47,37 @@ class AdapterModule(L.LightningModule):
 
     def regularizers(self) -> dict[str, torch.Tensor]:
         """Extra terms added to every method's loss and logged as `train/<name>`: KaSA's β·L2 + γ·L3 (`kasa_reg`)
-        whenever the student has KaSA layers."""
+        whenever a model in `adapter_models()` has KaSA layers."""
         from lowrank_lab.adapters.kasa import get_kasa_regularization_loss
 
-        kasa = get_kasa_regularization_loss(self.student)
-        return {} if kasa is None else {"kasa_reg": kasa}
+        kasa = [t for m in self.adapter_models() if (t := get_kasa_regularization_loss(m)) is not None]
+        return {"kasa_reg": torch.stack(kasa).sum()} if kasa else {}
+
+    def adapter_models(self) -> list[nn.Module]:
+        """The models whose adapters this method trains (their regularisers join the loss): the student."""
+        return [self.student]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        outputs = self(batch)
-        loss = self.training_loss(batch, outputs)
+        """L = training_loss + Σ regularizers for every method: methods override `forward` / `training_loss`, never
+        this step (`__init_subclass__` refuses it), so no method drops an adapter's regulariser."""
+        return self.regularized(batch, self.training_loss(batch, self(batch)))
+
+    def regularized(self, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
+        """`loss` + every regulariser (each logged as `train/<name>`); logs `train/loss`."""
         size = self._bs(batch)
         for name, term in self.regularizers().items():
             self.log(f"train/{name}", term, on_step=True, on_epoch=False, batch_size=size)
             loss = loss + term
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         return loss
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "training_step" in vars(cls) and not getattr(cls, "wraps_training_step", False):
+            raise TypeError(
+                f"{cls.__name__} overrides training_step; override forward / training_loss instead (the base step "
+                "adds the adapter's regularisers), or set wraps_training_step = True and end in self.regularized"
+            )
 
     # ----- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> Any:

@@ -12,6 +12,7 @@ and the spectral metrics run each validation.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -23,7 +24,8 @@ from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError, bad_value
 from lowrank_lab.losses import KLDivergence, LogitMSE, kd_loss
 from lowrank_lab.methods.base import AdapterModule
-from lowrank_lab.models.teachers import SAD_MISMATCH, Teacher
+from lowrank_lab.models.logit_cache import LogitCache, cached_logits
+from lowrank_lab.models.teachers import SAD_MISMATCH, Teacher, digest
 
 
 class SpectralTarget(nn.Module):
@@ -57,6 +59,7 @@ class DistillationModule(AdapterModule):
         hidden_weight: float = 1.0,
         n_calib: int = 2048,
         spectral_metrics: bool = True,
+        cache_teacher_logits: bool = True,
     ) -> None:
         super().__init__(student, task, optimizer, scheduler, grad_clip)
         if not isinstance(teacher, nn.Module):
@@ -80,6 +83,8 @@ class DistillationModule(AdapterModule):
         self.hidden_weight = float(hidden_weight)
         self.hidden_maps = nn.ModuleList(self._hidden_map() for _ in self.hidden_match)
         self.targets = nn.ModuleDict()  # filled in setup() (buffers) when the teacher is SAD-style
+        self.cache_teacher_logits = bool(cache_teacher_logits) and not self.hidden_match
+        self.logit_cache: LogitCache | None = None  # filled in setup(): f_T(x) for every training example
 
     def _hidden_map(self) -> nn.Module:
         d_s, d_t = self.student.config.hidden_size, self.teacher.model.config.hidden_size
@@ -91,8 +96,16 @@ class DistillationModule(AdapterModule):
             return self.student(**batch, output_hidden_states=True)
         return self.student(**batch)
 
+    def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> Any:
+        """The teacher on `batch`: its cached logits when every row is in the cache, else a live forward."""
+        if self.logit_cache is not None:
+            logits = self.logit_cache.lookup(batch)
+            if logits is not None:
+                return SimpleNamespace(logits=logits.to(self.device), hidden_states=None)
+        return self.teacher(batch, hidden=bool(self.hidden_match))
+
     def training_loss(self, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
-        teacher_out = self.teacher(batch, hidden=bool(self.hidden_match))
+        teacher_out = self.teacher_outputs(batch)
         task_loss = outputs.loss
         kd = kd_loss(
             outputs.logits,
@@ -127,6 +140,9 @@ class DistillationModule(AdapterModule):
         return self.__dict__["_adapted"]
 
     def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and self.cache_teacher_logits and self.logit_cache is None and datamodule is not None:
+            self.logit_cache = self.build_logit_cache(datamodule)
         if len(self.targets) or not self.teacher.sad_style:
             return
         if not (self.needs_sad_teacher or self.spectral_metrics):
@@ -137,6 +153,16 @@ class DistillationModule(AdapterModule):
                 raise LabError(f"{type(self).__name__} needs the datamodule to calibrate the teacher targets")
             return
         self.attach_targets(self.teacher.targets(datamodule, self.target_rank(), self.n_calib))
+
+    def build_logit_cache(self, datamodule: Any) -> LogitCache:
+        """f_T over the training set, once per teacher + data (on disk beside the teacher when it has a cache dir)."""
+        from lightning.pytorch.utilities.seed import isolate_rng
+
+        teacher, path = self.teacher, None
+        if teacher.cache_dir is not None:
+            path = teacher.cache_dir / "logits" / f"{teacher.key}-{digest(teacher.data_key, 12)}.safetensors"
+        with isolate_rng():  # iterating a loader draws from the global RNG: same run stream with or without cache
+            return cached_logits(teacher, datamodule.train_dataloader(), path)
 
     def target_rank(self) -> int:
         return max(int(layer.r[layer.active_adapters[0]]) for layer in self.adapted().values())

@@ -61,6 +61,7 @@ class LoRAFAModule(DistillationModule):
         spectral_metrics: bool = True,
         kd_weight: float | None = None,
         hidden_weight: float | None = None,
+        cache_teacher_logits: bool = True,
     ) -> None:
         for key, value in (("method.kd_weight", kd_weight), ("method.hidden_weight", hidden_weight)):
             if value is not None:  # kd's (1 − λ) mix and its extra hidden MSE are not this objective
@@ -90,6 +91,7 @@ class LoRAFAModule(DistillationModule):
             hidden_match=pairs,
             n_calib=n_calib,
             spectral_metrics=spectral_metrics,
+            cache_teacher_logits=cache_teacher_logits,
         )
         self.align_weight, self.representation = float(align_weight), representation
         self.task_steps, self.align_steps = steps["task_steps"], steps["align_steps"]
@@ -114,7 +116,7 @@ class LoRAFAModule(DistillationModule):
 
     def discrepancy(self, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
         """D between teacher and student representations of `batch` (teacher under no_grad, in eval mode)."""
-        teacher_out = self.teacher(batch, hidden=self.representation == "hidden")
+        teacher_out = self.teacher_outputs(batch)  # cached logits, or a live forward (hidden states)
         mask = batch.get("attention_mask")
         if self.representation == "logits":
             s, t = outputs.logits, teacher_out.logits  # (B, C) or (B, T, V)

@@ -33,6 +33,12 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_rat
     return LambdaLR(optimizer, factor)
 
 
+def warmup_constant(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.06) -> LambdaLR:
+    """Linear warm-up over `warmup_ratio·total_steps`, then constant."""
+    warmup = max(1, int(total_steps * warmup_ratio))
+    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+
+
 def constant(optimizer: torch.optim.Optimizer, total_steps: int) -> LambdaLR:
     """No schedule."""
     return LambdaLR(optimizer, lambda step: 1.0)

@@ -51,7 +51,7 @@ def alignment(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
 
 
 class SADModule(DistillationModule):
-    """L_SAD = L_KD + α·L_align + β·L_coeff (SAD-LoRA, Eq. 3); α = schedule(step) with peak `alpha_align`."""
+    """L_SAD = L_KD + α·L_align + β·L_coeff (SAD-LoRA, Eq. 3); α = alpha_schedule(step) with peak `alpha_align`."""
 
     needs_sad_teacher = True
 
@@ -59,7 +59,7 @@ class SADModule(DistillationModule):
         self,
         alpha_align: float = 1.0,
         beta_coeff: float = 0.0,
-        schedule: Callable[..., AlphaSchedule] | None = None,
+        alpha_schedule: Callable[..., AlphaSchedule] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -68,7 +68,7 @@ class SADModule(DistillationModule):
         if beta_coeff < 0:
             raise bad_value("method.beta_coeff", beta_coeff, "a number >= 0 (β, the weight of L_coeff)")
         self.alpha_align, self.beta_coeff = float(alpha_align), float(beta_coeff)
-        self.schedule_factory = schedule or ConstantSchedule
+        self.schedule_factory = alpha_schedule or ConstantSchedule  # `method.alpha_schedule`, a `_partial_`
         self.alpha_schedule: AlphaSchedule | None = None
 
     def setup(self, stage: str) -> None:

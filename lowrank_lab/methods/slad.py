@@ -5,7 +5,7 @@ their adapters shared between the two (shared/seeds/slad.txt):
 
 λ_kd = `kd_weight`, λ_feat = `feat_weight`, (i, j) the mapped (teacher, student) layers (`layer_map`), P a learned
 linear map when the widths differ; the teacher's logits and features are targets (detached). `share` ties the
-mapped layers' adapters (lowrank_lab.adapters.shared). `schedule=sequential` (teacher alone, then KD into the
+mapped layers' adapters (lowrank_lab.adapters.shared). `training=sequential` (teacher alone, then KD into the
 student) with `teacher_adapter=full|probe|same` gives the seed's baselines (FT / linear-probe / LoRA teacher → KD)
 in the same module, so every arm logs the same metrics: val/teacher_<m>, val/student_<m>, val/<m> (= the
 student's), align/cka (linear CKA of the last hidden states), time/train_s.
@@ -93,26 +93,26 @@ class SLADModule(AdapterModule):
         kd_temperature: float = 4.0,
         divergence: nn.Module | None = None,
         feat_weight: float = 1.0,
-        schedule: str = "joint",
+        training: str = "joint",
         teacher_epochs: int = 1,
         teacher_adapter: str = "same",
         teacher_lr: float | None = None,
     ) -> None:
         super().__init__(student, task, optimizer, scheduler, grad_clip)
-        joint_lora = (schedule, teacher_adapter) == ("joint", "same")
+        joint_lora = (training, teacher_adapter) == ("joint", "same")
         checks = [  # (key, value, ok, allowed): every bad value stops here, before the teacher is loaded
             ("method.share", share, share in SHARE_MODES, f"one of {list(SHARE_MODES)}"),
             ("method.kd_weight", kd_weight, kd_weight >= 0, "a number ≥ 0 (0 switches the term off)"),
             ("method.feat_weight", feat_weight, feat_weight >= 0, "a number ≥ 0 (0 switches the term off)"),
             ("method.kd_temperature", kd_temperature, kd_temperature > 0, "a positive number"),
-            ("method.schedule", schedule, schedule in ("joint", "sequential"), "joint or sequential"),
+            ("method.training", training, training in ("joint", "sequential"), "joint or sequential"),
             ("method.teacher_adapter", teacher_adapter, teacher_adapter in TEACHER_ADAPTERS, "same, full or probe"),
-            ("method.teacher_epochs", teacher_epochs, schedule == "joint" or teacher_epochs >= 1, "≥ 1"),
+            ("method.teacher_epochs", teacher_epochs, training == "joint" or teacher_epochs >= 1, "≥ 1"),
             (
                 "method.share",
                 share,
                 share == "none" or joint_lora,
-                "none with schedule=sequential or teacher_adapter=full / probe (only LoRA teachers share)",
+                "none with training=sequential or teacher_adapter=full / probe (only LoRA teachers share)",
             ),
             ("method.adapter", adapter, adapter is not None or teacher_adapter == "full", "the student's peft= spec"),
             ("data", task.name, task.kind != "causal_lm", "a classification or segmentation task"),
@@ -123,7 +123,7 @@ class SLADModule(AdapterModule):
         teacher, base_copy = build_teacher(pair, student, adapter, task.num_labels, teacher_adapter)
         self.teacher = teacher.train()
         self.__dict__["teacher_base"] = base_copy  # random-init teacher: saved next to its adapter
-        self.share, self.schedule, self.teacher_epochs = share, schedule, int(teacher_epochs)
+        self.share, self.training_mode, self.teacher_epochs = share, training, int(teacher_epochs)
         self.teacher_adapter, self.teacher_lr = teacher_adapter, teacher_lr
         self.pairs = map_layers(layer_map, num_layers(self.teacher), num_layers(self.student))
         self.shared = share_adapters(self.teacher, self.student, self.pairs, share)
@@ -147,8 +147,8 @@ class SLADModule(AdapterModule):
 
     # ----- the objective -------------------------------------------------------------------------------
     def stage(self) -> str:
-        """joint (SLAD) | teacher, then student (schedule=sequential)."""
-        if self.schedule == "joint":
+        """joint (SLAD) | teacher, then student (training=sequential)."""
+        if self.training_mode == "joint":
             return "joint"
         return "teacher" if self.current_epoch < self.teacher_epochs else "student"
 
@@ -192,14 +192,21 @@ class SLADModule(AdapterModule):
         terms = [mse(p(h_s[j + 1]), h_t[i + 1].detach(), mask=mask) for (i, j), p in zip(self.pairs, self.feature_maps)]
         return torch.stack(terms).mean()
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def adapter_models(self) -> list[nn.Module]:
+        """Both encoders train adapters (KaSA's regulariser counts a shared layer once per model using it)."""
+        return [self.student, self.teacher]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> None:
+        """Nothing ahead of the loss: both encoders run inside `loss_terms`, as the stage needs them."""
+        return None
+
+    def training_loss(self, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
+        """L = Σ weight·term; AdapterModule.training_step then adds the adapters' regularisers (KaSA's kasa_reg)."""
         terms = self.loss_terms(batch)
-        loss = sum(self.weights[k] * v for k, v in terms.items())  # L = Σ weight·term
         size = self._bs(batch)
         for name, value in terms.items():
             self.log(f"train/{name}_loss", value, on_step=True, on_epoch=False, batch_size=size)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
-        return loss
+        return sum(self.weights[k] * v for k, v in terms.items())  # L = Σ weight·term
 
     # ----- evaluation: both encoders, and how aligned they are ----------------------------------------
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> Any:
@@ -248,7 +255,7 @@ class SLADModule(AdapterModule):
         if self.scheduler_factory is None:
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        if self.schedule == "joint":
+        if self.training_mode == "joint":
             scheduler = self.scheduler_factory(optimizer, total_steps=total)
         else:  # each stage warms up and decays on its own
             epochs = self.trainer.max_epochs

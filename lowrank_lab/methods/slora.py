@@ -4,15 +4,18 @@ One forward with grad per batch; the gate (`slora_gate.SLoRAGate`) reads the det
 head's final linear layer, i.e. exactly what the head consumes: for BERT sequence classification the pooled
 [CLS] vector tanh(W_p h_[CLS]) after dropout, (B, H), one token per example (it is not in `hidden_states`); for
 RoBERTa the input of `classifier.out_proj`; for a causal LM the last hidden state (B, T, H) = hidden_states[-1],
-every labelled token. On accept: backward, clipping, optimizer and scheduler step. On reject the step returns
-without backward: parameters, optimizer state (Adam moments) and scheduler are untouched and the graph is freed.
+every labelled token. On accept: the gated method's loss, backward, clipping, optimizer and scheduler step. On reject
+the step returns after the forward and the gate: no loss (in the novelty / none modes the decision does not need it,
+so a teacher forward or an alignment term is not paid for), no backward; parameters, optimizer state (Adam moments)
+and scheduler are untouched and the graph is freed.
 
 Manual optimisation: `trainer.global_step` (hence `trainer.max_steps` and checkpoint names) counts optimizer
 steps, i.e. accepted batches; bound runs with `max_epochs`. Clip with `method.grad_clip` (Lightning refuses
-`trainer.gradient_clip_val` under manual optimisation). LR schedule (`method.schedule`): `batches` (default) keeps
-the LR a function of the batches seen, as in the ungated run: an accepted step first advances the scheduler over
-the batches rejected since the previous step, so every mode ends its schedule with the data whatever its realised
-acceptance rate; `accepted` advances it once per optimizer step (the schedule then stops short under gating).
+`trainer.gradient_clip_val` under manual optimisation). The LR schedule's clock (`method.lr_clock`): `batches`
+(default) keeps the LR a function of the batches seen, as in the ungated run: an accepted step first advances the
+scheduler over the batches rejected since the previous step, so every mode ends its schedule with the data whatever
+its realised acceptance rate; `accepted` advances it once per optimizer step (the schedule then stops short under
+gating). The gated method keeps every argument of its own (SAD's `alpha_schedule`, SLAD's `training`, …).
 """
 
 from __future__ import annotations
@@ -48,15 +51,15 @@ class SLoRAModule(FinetuneModule):
         *args: Any,
         base: str = "finetune",
         gate: Mapping[str, Any] | None = None,
-        schedule: str = "batches",
+        lr_clock: str = "batches",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # the base method's own arguments (student, task, optimizer, teacher, …)
-        if schedule not in ("batches", "accepted"):
-            raise bad_value("method.schedule", schedule, "'batches' or 'accepted'")
+        if lr_clock not in ("batches", "accepted"):
+            raise bad_value("method.lr_clock", lr_clock, "'batches' or 'accepted'")
         self.automatic_optimization = False
-        self.schedule = schedule
-        self.lag = 0  # batches rejected since the last optimizer step (schedule=batches catches up on them)
+        self.lr_clock = lr_clock
+        self.lag = 0  # batches rejected since the last optimizer step (lr_clock=batches catches up on them)
         self.causal = self.task.kind == "causal_lm"
         n_out = int(self.student.config.vocab_size if self.causal else self.task.num_labels)
         head = find_head(self.student, n_out)
@@ -70,21 +73,29 @@ class SLoRAModule(FinetuneModule):
             self._head_io = (args[0].detach(), output.detach())
 
     # ----- the gated step ------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+    wraps_training_step = True  # gates AdapterModule's step; the loss it backpropagates is still self.regularized(…)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        """Forward → gate → (accepted) the method's loss, backward, step. A rejected batch costs the student's
+        forward and the gate only: the method's loss (a teacher forward for KD/SAD, SAD's alignment, KaSA's
+        regulariser) is computed after the decision unless a loss-floor mode needs it for the decision."""
         self._capture = True
         try:
-            loss = super().training_step(batch, batch_idx)  # the base method's forward + loss (+ its logging)
+            outputs = self(batch)  # the gated method's student forward
             h, logits = self._head_io  # (B, H), (B, C) for seq-cls; (B, T, H), (B, T, V) for a causal LM
         finally:
             self._capture, self._head_io = False, None
+        loss = None
+        if self.gate.mode in ("loss_floor", "combined"):  # the floor compares the method's loss: it comes first
+            loss = self.regularized(batch, self.training_loss(batch, outputs))
         labels = batch["labels"]
         if not self.causal and h.dim() == 3:  # a head applied per token, pooled afterwards: its last real token
             mask = batch["attention_mask"]  # (B, T); left or right padding
             last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # (B,)
             rows = torch.arange(h.shape[0], device=h.device)
             h, logits = h[rows, last], logits[rows, last]
-        accept, novelty = self.gate.decide(h, logits, labels, loss.detach(), causal=self.causal)
+        signal = loss.detach() if loss is not None else 0.0  # only the loss-floor modes read it
+        accept, novelty = self.gate.decide(h, logits, labels, signal, causal=self.causal)
         del h, logits
         self.log_dict(
             {
@@ -100,11 +111,14 @@ class SLoRAModule(FinetuneModule):
         )
         if not accept:
             self.lag += 1
-            return loss.detach()  # no backward; the graph goes with `loss`
+            return None  # no loss, no backward, no optimizer / scheduler call; the graph goes with `outputs`
+        if loss is None:
+            loss = self.regularized(batch, self.training_loss(batch, outputs))  # the method's loss (+ its logging)
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad()
         self.manual_backward(loss)
         self.configure_gradient_clipping(optimizer)  # clip_gradients(norm) when method.grad_clip is set
-        if scheduler is not None and self.schedule == "batches":
+        if scheduler is not None and self.lr_clock == "batches":
             for _ in range(self.lag):  # the LR the ungated run has at this batch
                 scheduler.step()
         self.lag = 0

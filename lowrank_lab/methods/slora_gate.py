@@ -103,8 +103,7 @@ class SLoRAGate:
         g = self.gate
         g.device = torch.device(device)
         g.tensor_sketch.to(device)
-        g.fd.to(device)
-        g.basis = g.basis.to(device)
+        g.fd.to(device)  # the FD buffer and W, its row space
         return self
 
     # ---- one batch

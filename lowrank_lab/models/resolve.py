@@ -1,5 +1,6 @@
 """Turn a `model.name_or_path` into a local directory: `pkg:<package>/<subdir>`, `convert:<name>` (packaged
-weights converted once, see models.convert), a path, or a cached hub id."""
+weights converted once, see models.convert), `pretrain:<name>` (a base pre-trained once here, see
+models.pretrain), a path, or a cached hub id."""
 
 from __future__ import annotations
 
@@ -32,7 +33,13 @@ def _converted(name: str) -> Path:
     return converted(name)
 
 
-SCHEMES = {"pkg:": _package_dir, "convert:": _converted}
+def _pretrained(name: str) -> Path:
+    from lowrank_lab.models.pretrain import pretrained
+
+    return pretrained(name)
+
+
+SCHEMES = {"pkg:": _package_dir, "convert:": _converted, "pretrain:": _pretrained}
 
 
 def _offline() -> bool:

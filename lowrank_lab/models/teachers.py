@@ -42,7 +42,7 @@ class TeacherSettings:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_steps: int = -1
-    require_better_than_majority: bool = False
+    require_better_than_majority: bool = True
 
     def recipe(self) -> dict[str, Any]:
         """The fields that change the prepared weights (part of the cache key)."""

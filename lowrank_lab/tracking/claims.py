@@ -1,34 +1,39 @@
 """The claim a paper makes that a sweep can check, one function per experiment file (CLAIMS). Each states the
-claim, computes it per seed from MLflow's final values, and says whether it holds at this scale; the report
-prints it as it comes out (DESIGN: never tune until it does).
+claim, pairs arms by seed from MLflow's final values (finished runs only), and decides with stats.py: a bootstrap
+95 % CI of the mean paired Δ gives holds / does not hold / inconclusive; a comparison in which an arm has a run that
+did not learn (tag lowrank_lab.learned=false) is `undecided: <arm> did not learn`. DESIGN: never tune until it holds.
 
-    slora_ablation(_instruct)  SLoRA: per gate mode vs `none`: Δ val loss, Δ accepted steps, Δ wall time, and the
-                               seed's criterion (val loss ≤ +0.5 % of `none` with ≥ 30 % fewer accepted steps)
-    sad_glue                   SAD-LoRA: Δ = SAD − KD per task paired by seed, against the paper's Δ
+    slora_ablation(_instruct)  SLoRA: per gate mode vs `none`: Δ val loss, Δ accepted steps, Δ wall time; the
+                               seed's criterion (val loss ≤ +0.5 % of `none` with ≥ 30 % fewer accepted steps) on CIs
+    sad_glue                   SAD-LoRA: per task, SAD − KD (B = 0; the paper's comparison) and SAD − KD with the same
+                               spectral init (what L_align adds), against the paper's Δ
     slad(_vision)              SLAD: LoRA vs FT teacher (CKA, distilled student), joint vs separate, speed vs FT
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lowrank_lab.tracking.results import Sweep, label, task_of, wall_seconds
-from lowrank_lab.tracking.tables import cell, paired_delta, run_values
+from lowrank_lab.tracking import stats
+from lowrank_lab.tracking.results import Sweep, init_name, label, learned, method_name, task_of, wall_seconds
+from lowrank_lab.tracking.tables import cell, ci_of, compare, learned_text, run_values, shown_comparison
 
 
 @dataclass
 class Claim:
-    """A checked claim: what it says, the per-seed numbers (claim.csv), the table shown, the one-line verdict."""
+    """A checked claim: what it says, the per-seed or per-task numbers (claim.csv), the table shown, the verdict."""
 
     title: str
     statement: str
     table: pd.DataFrame
     shown: pd.DataFrame
     verdict: str
+    deltas: list[dict[str, Any]] = field(default_factory=list)  # plots.delta_figure's rows
 
 
 # ---- SLoRA: the gate saves accepted steps at baseline loss ------------------------------------------------------
@@ -42,19 +47,34 @@ def _pct(values: pd.Series) -> str:
     return f"{mean:+.2f} ± {std:.2f} %" if len(values) > 1 else f"{mean:+.2f} %"
 
 
+def _pct_ci(ci: tuple[float, float] | None) -> str:
+    return "–" if ci is None else f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] %"
+
+
+def _gate_verdict(loss_change: pd.Series, steps_change: pd.Series) -> str:
+    """Both parts of the criterion on CIs: mean val-loss change < +0.5 % (CI entirely below) and mean accepted-step
+    change < −30 % (CI entirely below); does not hold when either CI lies entirely on the wrong side."""
+    loss = stats.verdict(stats.paired(LOSS_TOLERANCE - loss_change).ci, 1.0)
+    steps = stats.verdict(stats.paired(-MIN_SAVING - steps_change).ci, 1.0)
+    if stats.FAILS in (loss, steps):
+        return stats.FAILS
+    return stats.HOLDS if loss == steps == stats.HOLDS else stats.INCONCLUSIVE
+
+
 def slora_gate(sweep: Sweep, group_by: list[str]) -> Claim:
     """Per gate mode, paired by seed with the `none` run: final val/loss, gate/accepted_steps and wall time relative
-    to it, and whether val loss ≤ +0.5 % of `none` with ≥ 30 % fewer accepted steps."""
+    to it, the per-seed criterion, and the verdict on the CIs of the mean changes (_gate_verdict)."""
     rest = [k for k in group_by if k not in ("method", MODE)]
     rows = [
         {k: label(r, k) for k in rest}
         | {"task": task_of(r), "seed": r.data.params.get("seed"), "mode": label(r, MODE)}
         | {"val_loss": r.data.metrics["val/loss"], "accepted_steps": r.data.metrics["gate/accepted_steps"]}
-        | {"wall_s": wall_seconds(r)}
+        | {"wall_s": wall_seconds(r), "learned": learned(r)}
         for r in sweep.finished
         if {"val/loss", "gate/accepted_steps"} <= set(r.data.metrics)
     ]
-    runs = pd.DataFrame(rows, columns=[*rest, "task", "seed", "mode", "val_loss", "accepted_steps", "wall_s"])
+    cols = [*rest, "task", "seed", "mode", "val_loss", "accepted_steps", "wall_s", "learned"]
+    runs = pd.DataFrame(rows, columns=cols)
     keys = [*rest, "task", "seed"]
     base = runs[runs["mode"] == BASELINE_MODE].drop(columns="mode").drop_duplicates(keys)
     table = runs.merge(base, on=keys, suffixes=("", "_none"))
@@ -64,31 +84,48 @@ def slora_gate(sweep: Sweep, group_by: list[str]) -> Claim:
         table["accepted_steps"] <= (1 - MIN_SAVING) * table["accepted_steps_none"]
     )
     table = table.sort_values([*rest, "task", "mode", "seed"], key=_mode_order)
-    shown, holds, fails = [], [], []
+    shown, verdicts, names = [], [], []
     for key, grp in table.groupby([*rest, "task", "mode"], sort=False):
         where = dict(zip([*rest, "task", "mode"], key))
         ok, n = int(grp["criterion"].sum()), len(grp)
+        everyone = runs[np.logical_and.reduce([runs[k] == where[k] for k in [*rest, "task"]])]
+        mine, none = everyone[everyone["mode"] == where["mode"]], everyone[everyone["mode"] == BASELINE_MODE]
         if where["mode"] == BASELINE_MODE:
             verdict = "baseline"
         else:
-            verdict = f"{'holds' if ok == n else 'fails'} ({ok}/{n} seeds)"
-            name = " · ".join([*(str(where[k]) for k in [*rest, "task"] if len(table[k].unique()) > 1), where["mode"]])
-            (holds if ok == n else fails).append(name)
+            failed = [m for m, arm in ((where["mode"], mine), (BASELINE_MODE, none)) if (arm["learned"] == False).any()]  # noqa: E712
+            verdict = (
+                stats.decide(None, 0.0, ",".join(failed))
+                if failed
+                else _gate_verdict(grp["val_loss_change"], grp["accepted_steps_change"])
+            )
+            verdicts.append(verdict)
+            names.append(
+                " · ".join([*(str(where[k]) for k in [*rest, "task"] if table[k].nunique() > 1), where["mode"]])
+            )
         shown.append(
             where
-            | {"n": n, "val/loss": cell(grp["val_loss"].mean(), grp["val_loss"].std(), n)}
-            | {"Δ val loss": _pct(grp["val_loss_change"]), "Δ accepted steps": _pct(grp["accepted_steps_change"])}
-            | {"Δ wall time": _pct(grp["wall_s_change"]), "criterion": verdict}
+            | {
+                "n": n,
+                "learned": learned_text(mine["learned"]),
+                "val/loss": cell(grp["val_loss"].mean(), grp["val_loss"].std(), n),
+            }
+            | {"Δ val loss": _pct(grp["val_loss_change"]), "CI": _pct_ci(stats.paired(grp["val_loss_change"]).ci)}
+            | {"Δ accepted steps": _pct(grp["accepted_steps_change"])}
+            | {"CI ": _pct_ci(stats.paired(grp["accepted_steps_change"]).ci)}
+            | {"Δ wall time": _pct(grp["wall_s_change"]), "seeds meeting it": f"{ok}/{n}", "verdict": verdict}
         )
     if table.empty:
         verdict = f"not checked: no finished `{BASELINE_MODE}` run to compare with (or no gate/val metrics)"
     else:
-        verdict = f"criterion holds for: {', '.join(holds) or 'none'}; fails for: {', '.join(fails) or 'none'}"
+        verdict = stats.tally(verdicts, names)
     statement = (
         f"SLoRA (slora.txt): a gate reaches the baseline's validation loss (≤ +{100 * LOSS_TOLERANCE:.1f} % of "
         f"`{MODE}={BASELINE_MODE}`) with ≥ {100 * MIN_SAVING:.0f} % fewer accepted steps (gate/accepted_steps). "
-        "Changes are relative to the `none` run of the same seed (mean ± std over seeds); wall time is the job's "
-        "MLflow run duration."
+        "Changes are relative to the `none` run of the same seed (mean ± sd over seeds, bootstrap 95 % CI of the "
+        "mean); holds when both CIs lie on the criterion's side of its threshold, does not hold when either lies "
+        "entirely on the other side, inconclusive otherwise (always with one seed). Wall time is the job's MLflow "
+        "run duration."
     )
     return Claim("SLoRA gate vs no gate", statement, table.reset_index(drop=True), pd.DataFrame(shown), verdict)
 
@@ -101,54 +138,86 @@ def _mode_order(column: pd.Series) -> pd.Series:
 # ---- SAD-LoRA: alignment helps over plain KD ---------------------------------------------------------------------
 # sad-lora.txt's GLUE table, Δ = SAD-LoRA-Align − KD-LoRA at r = 8, in the units of our metrics (accuracy as a fraction)
 PAPER_SAD_MINUS_KD = {"stsb": 0.046, "cola": 0.084, "qnli": 0.008, "rte": 0.048, "sst2": -0.001, "mrpc": -0.001}
-PAPER_SAME = 0.005  # |Δ| below this the paper writes ≈
+PAPER_SAME = stats.PAPER_SAME
+ARM = "arm"
+# (baseline arm, new arm, name): both against the paper's Δ, since the paper credits the alignment loss with its gain
+SAD_COMPARISONS = (
+    ("kd", "sad", "SAD vs KD, B = 0 (the paper's comparison)"),
+    ("kd_spectral", "sad", "SAD vs KD, same spectral init (what L_align adds)"),
+)
 
 
-_YES_NO = {True: "yes", False: "no", None: "–"}
-
-
-def _paper(delta: float | None) -> str:
-    return "–" if delta is None else f"{delta:+.3f}" + ("" if delta >= PAPER_SAME else " (≈)")
-
-
-def _spread(mean: float, std: float) -> str:
-    """`ahead` / `behind` when mean ± one std excludes 0, else `within seed spread`."""
-    std = 0.0 if np.isnan(std) else std
-    return "ahead" if mean - std > 0 else "behind" if mean + std < 0 else "within seed spread"
+def sad_arm(params: dict[str, str]) -> str:
+    """`sad`, `kd` (peft's B = 0) or `kd_spectral` (KD from SAD's spectral init), from the run's method and init."""
+    name = method_name(params)
+    return f"{name}_spectral" if name == "kd" and init_name(params) == "spectral" else name
 
 
 def sad_over_kd(sweep: Sweep, group_by: list[str]) -> Claim:
-    """Δ = SAD − KD per task in its reported metric, paired by seed, beside the paper's Δ; the claim holds on a task
-    where the paper's SAD is better and ours is ahead, or the paper's is ≈ and ours is not behind."""
-    table = paired_delta(run_values(sweep, group_by), group_by, ("kd", "sad"))
-    paper = [PAPER_SAD_MINUS_KD.get(task) for task in table.get("task", [])]
-    here = [_spread(m, s) for m, s in zip(table.get("delta_mean", []), table.get("delta_std", []))]
-    holds = [None if p is None else (h == "ahead" if p >= PAPER_SAME else h != "behind") for p, h in zip(paper, here)]
-    table = table.assign(paper_delta=paper, here=here, holds=holds) if len(table) else table
-    labels = [k for k in group_by if k != "method"]
-    shown = [
-        {k: row[k] for k in [*labels, "task", "metric"]}
-        | {"kd": cell(row["kd_mean"], row["kd_std"], row["n"]), "sad": cell(row["sad_mean"], row["sad_std"], row["n"])}
-        | {"Δ (sad − kd)": cell(row["delta_mean"], row["delta_std"], row["n"], signed=True)}
-        | {"paper Δ": _paper(p), "here": h, "holds": _YES_NO[ok]}
-        for row, p, h, ok in zip(table.to_dict("records"), paper, here, holds)
-    ]
-    judged = [s for s in shown if s["holds"] != "–"]
-    if not shown:
-        verdict = "not checked: no task has finished kd and sad runs of the same seed"
-    else:
-        tasks = ", ".join(s["task"] for s in judged if s["holds"] == "yes") or "none"
-        verdict = f"holds on {sum(s['holds'] == 'yes' for s in judged)} of {len(judged)} tasks ({tasks})"
+    """Per task, Δ = SAD − KD paired by seed for both comparisons in SAD_COMPARISONS, with the t-test, Wilcoxon,
+    bootstrap CI and the verdict against the paper's Δ (stats.verdict; `undecided` when an arm did not learn)."""
+    labels = [k for k in group_by if k not in ("method", "init", "sad_glue_arm")]
+    values = run_values(sweep, labels)
+    arms = {r.info.run_id: sad_arm(r.data.params) for r in sweep.finished}
+    values[ARM] = values["run_id"].map(arms)
+    by = [*labels, "task", "metric"]
+    tables, shown, parts, deltas = [], [], [], []
+    for base, new, name in SAD_COMPARISONS:
+        delta = compare(values, ARM, base, new, by)
+        if delta.empty:
+            parts.append(f"{name}: not checked (no task has finished `{base}` and `{new}` runs of the same seed)")
+            continue
+        paper = [PAPER_SAD_MINUS_KD.get(t) for t in delta["task"]]
+        verdicts = [
+            "no paper number" if p is None else stats.decide(ci_of(row), p, row["not_learned"])
+            for row, p in zip(delta.to_dict("records"), paper)
+        ]
+        delta = delta.assign(comparison=name, paper_delta=paper, verdict=verdicts)
+        fixed = {
+            f"{a}_{s}": f"{role}_{s}" for a, role in ((base, "base"), (new, "new")) for s in ("mean", "std", "learned")
+        }
+        tables.append(delta.rename(columns=fixed).assign(base_arm=base, new_arm=new))
+        for out, p, v in zip(shown_comparison(delta, by), paper, verdicts):
+            shown.append(
+                {"comparison": name} | _relabel(out, base, new) | {"paper Δ": stats.paper_label(p), "verdict": v}
+            )
+        short = "B = 0" if base == "kd" else "same init"
+        deltas += [
+            {"name": f"{row['task']} · {short}", "delta_mean": row["delta_mean"], "paper_delta": p}
+            | {"ci_low": row["ci_low"], "ci_high": row["ci_high"]}
+            for row, p in zip(delta.to_dict("records"), paper)
+        ]
+        judged = [(v, t) for v, t, p in zip(verdicts, delta["task"], paper) if p is not None]
+        parts.append(f"{name}: " + stats.tally([v for v, _ in judged], [t for _, t in judged]))
     statement = (
-        "SAD-LoRA (sad-lora.txt, GLUE table): SAD-LoRA-Align ≥ KD-LoRA at r = 8: better on STS-B, CoLA, QNLI, RTE, "
-        "≈ on SST-2 and MRPC. Δ = sad − kd per seed, mean ± std over seeds; `ahead`/`behind` when mean ± std "
-        "excludes 0."
+        "SAD-LoRA (sad-lora.txt, GLUE table): SAD-LoRA-Align ≥ KD-LoRA at r = 8 — better on STS-B, CoLA, QNLI, RTE, "
+        "≈ on SST-2 and MRPC. Two comparisons per task, paired by seed: against KD-LoRA from peft's B = 0 (the "
+        "paper's) and against KD-LoRA from the same spectral init (`method=kd init=spectral`), which isolates the "
+        "alignment loss from the head start the teacher-derived init gives. Both are judged against the paper's Δ: "
+        f"{_RULE}"
     )
-    return Claim("SAD-LoRA vs KD-LoRA, paired by seed", statement, table, pd.DataFrame(shown), verdict)
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    verdict = " | ".join(parts)
+    return Claim("SAD-LoRA vs KD-LoRA, paired by seed", statement, table, pd.DataFrame(shown), verdict, deltas)
+
+
+_RULE = (
+    "holds when the bootstrap 95 % CI of the mean paired Δ lies on the paper's side of 0, does not hold when it lies "
+    "on the other side, inconclusive otherwise; where the paper reports ≈ (|Δ| < "
+    f"{stats.PAPER_SAME}) it holds when the CI lies within ±{stats.EQUIVALENCE_MARGIN} and does not hold when it lies "
+    "outside; undecided when an arm has a run that did not beat its trivial baseline."
+)
+
+
+def _relabel(out: dict, base: str, new: str) -> dict:
+    """Arm columns under fixed names, so that both comparisons share one table: `base`, `new`, `Δ (new − base)`."""
+    rename = {base: "base", f"{base} learned": "base learned", new: "new", f"{new} learned": "new learned"}
+    rename[f"Δ ({new} − {base})"] = "Δ (new − base)"
+    return {"base arm": base, "new arm": new} | {rename.get(k, k): v for k, v in out.items()}
 
 
 # ---- SLAD: a LoRA teacher trained jointly with its student -------------------------------------------------------
-ARM, SPEEDUP = "arm", 2.0  # slad.txt: SLAD trains ≥ 2× faster than fine-tuning teacher and student
+SLAD_ARM, SPEEDUP = "arm", 2.0  # slad.txt: SLAD trains ≥ 2× faster than fine-tuning teacher and student
 # (claim, arm that should win, arm it beats, column, higher is better)
 SLAD_CHECKS = (
     ("LoRA teacher aligns better than FT teacher (align/cka)", "lora_kd", "ft_kd", "cka", True),
@@ -172,41 +241,68 @@ def _role_metric(metrics: dict[str, float], role: str) -> float | None:
 
 
 def slad_arms(sweep: Sweep, group_by: list[str]) -> Claim:
-    """Per task, mean over seeds of each arm's teacher / student metric, align/cka and time/train_s, and the seed's
-    claims between arms (SLAD_CHECKS); ft_both runs on its own, so pool its sweep with `--all-sweeps`."""
+    """Per task and check of SLAD_CHECKS: the two arms paired by seed, Δ = winner − other per seed (for the speed
+    check: other's time / winner's time − 2), its CI and the verdict (the claimed direction is Δ > 0). ft_both runs
+    on its own, so pool its sweep with `--all-sweeps`."""
     rows = [
-        {"task": task_of(r), "arm": label(r, ARM), "seed": r.data.params.get("seed")}
+        {"task": task_of(r), "arm": label(r, SLAD_ARM), "seed": r.data.params.get("seed"), "learned": learned(r)}
         | {"teacher": _role_metric(r.data.metrics, "teacher"), "student": _role_metric(r.data.metrics, "student")}
         | {"cka": r.data.metrics.get("align/cka"), "train_s": r.data.metrics.get("time/train_s")}
         for r in sweep.finished
     ]
-    runs = pd.DataFrame(rows, columns=["task", "arm", "seed", "teacher", "student", "cka", "train_s"])
-    means = runs.groupby(["task", "arm"])[["teacher", "student", "cka", "train_s"]].mean()
-    table, verdicts = [], []
+    runs = pd.DataFrame(rows, columns=["task", "arm", "seed", "learned", "teacher", "student", "cka", "train_s"])
+    table, shown, verdicts, names = [], [], [], []
     for task in runs["task"].unique():
         for claim, win, lose, col, higher in SLAD_CHECKS:
-            a, b = (means.loc[(task, arm), col] if (task, arm) in means.index else np.nan for arm in (win, lose))
-            if np.isnan(a) or np.isnan(b):
-                holds = None
+            here = runs[(runs["task"] == task) & runs[col].notna()]
+            wide = here.pivot_table(index="seed", columns="arm", values=col, aggfunc="mean")
+            if win not in wide or lose not in wide or wide[[win, lose]].dropna().empty:
+                shown.append({"#": "–", "task": task, "claim": claim, "n": 0, "verdict": "not checked: arm missing"})
+                continue
+            pair = wide[[win, lose]].dropna().astype(float)
+            if col == "train_s":
+                deltas = pair[lose] / pair[win] - SPEEDUP
             else:
-                holds = bool(a * SPEEDUP <= b) if col == "train_s" else bool(a > b if higher else a < b)
-            table.append({"task": task, "claim": claim, win: a, lose: b} | {"holds": _YES_NO[holds]})
-            verdicts.append(holds)
-    shown = pd.DataFrame(
-        [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items() if pd.notna(v)} for row in table]
-    )
-    judged = [v for v in verdicts if v is not None]
+                deltas = pair[win] - pair[lose] if higher else pair[lose] - pair[win]
+            result = stats.paired(deltas.to_numpy())
+            failed = [a for a in (win, lose) if (here.loc[here["arm"] == a, "learned"] == False).any()]  # noqa: E712
+            verdict = stats.decide(result.ci, 1.0, ",".join(failed))
+            table.append(
+                {"task": task, "claim": claim, "win": win, "lose": lose, "n": result.n}
+                | {"win_mean": pair[win].mean(), "lose_mean": pair[lose].mean(), "delta_mean": result.mean}
+                | {"delta_std": result.sd, "t_p": result.t_p, "wilcoxon_p": result.wilcoxon_p}
+                | {"ci_low": result.ci[0] if result.ci else np.nan, "ci_high": result.ci[1] if result.ci else np.nan}
+                | {"verdict": verdict}
+            )
+            delta_name = f"{lose}/{win} − {SPEEDUP:.0f}" if col == "train_s" else f"{win} − {lose}"
+            shown.append(
+                {"#": len(verdicts) + 1, "task": task, "claim": claim, "n": result.n}
+                | {
+                    win: cell(pair[win].mean(), pair[win].std(), result.n),
+                    lose: cell(pair[lose].mean(), pair[lose].std(), result.n),
+                }
+                | {"Δ": f"{delta_name}: {cell(result.mean, result.sd, result.n, signed=True)}"}
+                | {"p (t)": stats.p_text(result.t_p), "95 % CI of Δ": stats.ci_text(result.ci), "verdict": verdict}
+            )
+            verdicts.append(verdict)
+            names.append(f"{task}: {claim}" if runs["task"].nunique() > 1 else claim)
     verdict = (
-        f"holds for {sum(judged)} of {len(judged)} checks ({len(verdicts) - len(judged)} not checked: arm missing)"
-        if judged
+        stats.tally(verdicts, [str(i + 1) for i in range(len(names))])
+        if verdicts
         else "not checked: the sweep lacks the arms these claims compare"
     )
     statement = (
         "SLAD (slad.txt): a LoRA teacher aligns (higher CKA) and distils better than a fully fine-tuned one; joint "
         "training with shared adapters (slad_full) improves both models over separate training; and it trains ≥ 2× "
-        "faster than fine-tuning both. Means over seeds of the final values; `–` where an arm is missing."
+        "faster than fine-tuning both. Each check pairs its two arms by seed (final values); Δ > 0 is the claimed "
+        "direction (checks numbered in table order). " + _RULE.replace("the paper's side", "the claimed side")
     )
-    return Claim("SLAD arms", statement, runs, shown, verdict)
+    deltas = [
+        {"name": f"{i + 1}. {row['task']}", "delta_mean": row["delta_mean"]}
+        | {"ci_low": row["ci_low"], "ci_high": row["ci_high"]}
+        for i, row in enumerate(table)
+    ]
+    return Claim("SLAD arms", statement, pd.DataFrame(table), pd.DataFrame(shown), verdict, deltas)
 
 
 # `experiment=<name>` -> its claim; an experiment not listed has none

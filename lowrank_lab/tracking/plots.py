@@ -6,6 +6,7 @@ the sweep logged nothing to draw.
     spectral angle vs step / layer  spectral/principal_angle_mean history;    (sad, kd with a SAD-style teacher)
                                     per layer: the jobs' plots/spectral_history.jsonl
     val loss vs accepted steps      val/loss against gate/accepted_steps      (slora)
+    paired Δ with its 95 % CI       a claim's or two methods' per-seed deltas (delta_figure; the report's table)
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ ANGLE, ACCEPTED = "spectral/principal_angle_mean", "gate/accepted_steps"
 SPECTRAL_HISTORY, SPECTRAL_PLOT = "plots/spectral_history.jsonl", "plots/spectral_layers.png"
 PLOT_FILES = tuple(
     f"{n}.png"
-    for n in ("val_metric_vs_step", "spectral_angle_vs_step", "spectral_angle_vs_layer", "val_loss_vs_accepted_steps")
+    for n in (
+        "val_metric_vs_step",
+        "spectral_angle_vs_step",
+        "spectral_angle_vs_layer",
+        "val_loss_vs_accepted_steps",
+        "delta_ci",
+    )
 )
 
 
@@ -164,6 +171,29 @@ def val_loss_vs_accepted_steps(sweep: Sweep, group_by: list[str]) -> Any | None:
     for i, (name, curves) in enumerate(sorted(by_config.items())):
         _mean_line(ax, curves, name, f"C{i % 10}")
     ax.set(xlabel="accepted steps (gate/accepted_steps)", ylabel="val/loss")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def delta_figure(rows: list[dict[str, Any]], title: str) -> Any | None:
+    """Mean paired Δ per comparison with its bootstrap 95 % CI as an error bar, the paper's Δ as a cross where
+    given; rows: {"name", "delta_mean", "ci_low", "ci_high", "paper_delta" (optional)}."""
+    rows = [r for r in rows if r.get("delta_mean") is not None and np.isfinite(r["delta_mean"])]
+    if not rows:
+        return None
+    fig, (ax,) = _figure(1, title)
+    fig.set_size_inches(6.5, 1.2 + 0.45 * len(rows))
+    ys = np.arange(len(rows))[::-1]
+    mean = np.array([r["delta_mean"] for r in rows])
+    low = np.array([r["ci_low"] if np.isfinite(r.get("ci_low", np.nan)) else r["delta_mean"] for r in rows])
+    high = np.array([r["ci_high"] if np.isfinite(r.get("ci_high", np.nan)) else r["delta_mean"] for r in rows])
+    ax.errorbar(mean, ys, xerr=[mean - low, high - mean], fmt="o", color="C0", capsize=3, label="ours: mean, 95 % CI")
+    paper = [(y, r["paper_delta"]) for y, r in zip(ys, rows) if r.get("paper_delta") is not None]
+    if paper:
+        ax.plot([p for _, p in paper], [y for y, _ in paper], "x", color="C3", ms=8, label="paper Δ")
+    ax.axvline(0.0, color="0.5", lw=0.8)
+    ax.set_yticks(ys, [r["name"] for r in rows], fontsize=7)
+    ax.set(xlabel="paired Δ (per-seed difference)")
     ax.legend(fontsize=7)
     return fig
 

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 SWEEP_TAG, PARENT_TAG = "lowrank_lab.sweep", "mlflow.parentRunId"
+LEARNED_TAG = "lowrank_lab.learned"  # "true" / "false": the job beat its task's trivial baseline (train.py)
 # class name of `method._target_` -> the name a user types after `method=`
 METHOD_NAMES = {"FinetuneModule": "finetune", "DistillationModule": "kd", "SADModule": "sad", "SLoRAModule": "slora"}
 # a task's reported metric: the first of these `val/<m>` that its runs have (MRPC: f1 before accuracy, STS-B: …)
@@ -163,8 +164,32 @@ def default_group_by(runs: list[Any]) -> list[str]:
 
 
 def primary_metric(metrics: dict[str, float]) -> str | None:
-    """The task's reported metric among a run's metrics (`val/f1` for MRPC, `val/spearman` for STS-B, …)."""
+    """The task's validation metric among a run's metrics (`val/f1` for MRPC, `val/spearman` for STS-B, …)."""
     return next((f"val/{m}" for m in PRIMARY if f"val/{m}" in metrics), None)
+
+
+def reported_metric(metrics: dict[str, float]) -> str | None:
+    """The number a report shows: the task's `test/<m>` (the split nothing was selected on) when the job ran its
+    test, else its `val/<m>`."""
+    return next((f"test/{m}" for m in PRIMARY if f"test/{m}" in metrics), None) or primary_metric(metrics)
+
+
+def baseline_of(run: Any, metric: str) -> float | None:
+    """The trivial predictor's score for `metric` (`test/accuracy` -> `baseline/accuracy`), None when not logged."""
+    return run.data.metrics.get(f"baseline/{metric.split('/', 1)[-1]}")
+
+
+def learned(run: Any) -> bool | None:
+    """The job's `lowrank_lab.learned` tag: True / False, None for a job that predates the tag."""
+    value = run.data.tags.get(LEARNED_TAG)
+    return None if value is None else value.strip().lower() == "true"
+
+
+def init_name(params: dict[str, str]) -> str:
+    """`init._target_` as a user types it: `…SpectralInit` -> `spectral`, `…Initializer` (peft's B = 0) ->
+    `default`; no init param -> `default`."""
+    cls = params.get("init._target_", "Initializer").rsplit(".", 1)[-1]
+    return "default" if cls == "Initializer" else cls.removesuffix("Init").lower()
 
 
 def wall_seconds(run: Any) -> float | None:
@@ -172,3 +197,11 @@ def wall_seconds(run: Any) -> float | None:
     if not run.info.end_time or not run.info.start_time:
         return None
     return (run.info.end_time - run.info.start_time) / 1000.0
+
+
+def sweep_wall_seconds(sweep: Sweep) -> float | None:
+    """The sweep's wall time: first start to last end over its parent and child runs, in seconds."""
+    runs = [*sweep.parents, *sweep.children]
+    starts = [r.info.start_time for r in runs if r.info.start_time]
+    ends = [r.info.end_time for r in runs if r.info.end_time]
+    return (max(ends) - min(starts)) / 1000.0 if starts and ends else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,15 @@ from omegaconf import DictConfig, OmegaConf
 
 PARENT_ENV = "LOWRANK_LAB_PARENT_RUN_ID"
 MAX_PARAM_CHARS = 6000
+SQLITE_BUSY_MS = 120_000  # how long a sqlite writer waits for the lock (Python's default: 5 s)
+# scheme://user:password@host or scheme://token@host: the part before '@' is a credential
+CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def mask_credentials(text: str) -> str:
+    """`http://alice:s3cret@host:5000` -> `http://***@host:5000`: the form of every URI that goes into a param, a tag
+    or a run name (a tracking URI with `user:pass@`, a database URL); anything else is returned unchanged."""
+    return CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -20,12 +30,41 @@ def artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+def _sqlite_busy_timeout(dbapi_connection: Any, connection_record: Any) -> None:
+    """SQLAlchemy connect hook: a writer that finds the DB locked waits up to SQLITE_BUSY_MS instead of failing."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+
+
+def configure_sqlite() -> None:
+    """Every sqlite connection this process opens (MLflow's store, Lightning's MLFlowLogger) gets the busy timeout;
+    idempotent. WAL itself is a property of the DB file, set once by `ensure_experiment`."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", _sqlite_busy_timeout):
+        event.listen(Engine, "connect", _sqlite_busy_timeout)
+
+
+def enable_wal(db: Path) -> None:
+    """Write-ahead logging: readers never block the writer and a writer holds the lock for a commit only, so many
+    jobs of one sweep on one host write one store concurrently. Persistent in the file; set before jobs start."""
+    import sqlite3
+
+    with sqlite3.connect(db, timeout=SQLITE_BUSY_MS / 1000) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+
+
 def ensure_experiment(tracking_uri: str, name: str) -> str:
-    """Return the id of experiment `name` in the store at `tracking_uri`, creating the DB and experiment."""
+    """Return the id of experiment `name` in the store at `tracking_uri`, creating the DB (WAL, busy timeout) and
+    the experiment."""
     from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(tracking_uri[len("sqlite:///") :])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        enable_wal(db)  # before MLflow creates the tables: its migrations already run in WAL
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
@@ -40,7 +79,8 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
 
 
 def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
-    """`{"peft": {"lora_r": 8}}` -> `{"peft.lora_r": "8"}`; values cut to MLflow's param length."""
+    """`{"peft": {"lora_r": 8}}` -> `{"peft.lora_r": "8"}`; credentials in URIs masked, values cut to MLflow's
+    param length."""
     data: Any = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     flat: dict[str, str] = {}
     for key, value in data.items():
@@ -48,7 +88,7 @@ def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict) and value:
             flat.update(flatten_config(value, prefix=f"{name}."))
         else:
-            flat[name] = str(value)[:MAX_PARAM_CHARS]
+            flat[name] = mask_credentials(str(value))[:MAX_PARAM_CHARS]
     return flat
 
 
@@ -62,3 +102,6 @@ class MLflowSettings:
 
     def __init__(self, tracking_uri: str | None, experiment_name: str | None = "lowrank_lab") -> None:
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
+
+
+configure_sqlite()  # on import: job processes import this module before they open the store

@@ -1,17 +1,22 @@
-"""`init=gradient`: data-aware initialisation from the expected gradient of the task loss (LoRA-FA seed; LoRA-GA).
+"""`init=gradient`: data-aware initialisation from the expected gradient of the task loss (LoRA-FA seed; LoRA-One;
+LoRA-GA).
 
     G = E_x[∇_W L_task(x)] over init.bsz × init.iters training examples     (frozen base, no optimizer step)
-    LoRA-FA:  −G ≈ U_r S_r V_rᵀ,  B = c·U_r √(S_r/σ₁),  A = c·√(S_r/σ₁) V_rᵀ
-              ⇒ B·A = c²·[−G]_r / σ₁ : the best rank-r approximation of the full fine-tuning step −η·G
-              whiten=true (the seed code's functional metric): [−G]_r ← C^{-½} [C^{½}(−G)Σ^{½}]_r Σ^{-½},
-              C = E[JJᵀ] (output gradients), Σ = E[xxᵀ] (layer inputs), both + reg_alpha·I
-    LoRA-GA:  ArB2r (A = V_{:r}ᵀ, B = U_{r:2r}), A2rBr, ArBr — peft's `lora_ga_init` (its B carries S, its scales)
-    W ← W − s·B·A   (s = scaling; offset=true: the output is unchanged at step 0)
+    LoRA-FA:  [−G]_r^C = C^{-½} [C^{½}(−G)Σ^{½}]_r Σ^{-½}   (whiten: the rank-r step in the functional metric,
+              C = E[JJᵀ] of the layer's output gradients, Σ = E[xxᵀ] of its inputs, both + reg_alpha·I, per token)
+              = U_r S_r V_rᵀ,  B = c·U_r √(S_r/σ₁),  A = c·√(S_r/σ₁) V_rᵀ  ⇒  B·A = c²·[−G]_r^C / σ₁;  no base offset
+    LoRA-One: the same without the metric: B·A = c²·[−G]_r / σ₁, the best rank-r approximation of the full
+              fine-tuning step −η·G (one best rank-r gradient step); no base offset
+    LoRA-GA:  ArB2r (A = V_{:r}ᵀ, B = U_{r:2r}), A2rBr, ArBr — peft's `lora_ga_init` (its B carries S, its scales);
+              W ← W − s·B·A (s = scaling: the output is unchanged at step 0)
 
-`init.scale` gives c for LoRA-FA as the seed code does: `stable` 1/√γ (γ = `stable_gamma`), `gd` 1/s, `unit` 1,
-`weight_svd` mean_{i≤r} √(σᵢ(W)/s). The pass streams: peft's `preprocess_loraga` keeps one accumulated gradient
-per target layer (+ C and Σ with whiten). Offsets are reproduced on reload from `<adapter dir>/init_offset.safetensors`
-(B₀, A₀, s per layer) by `lowrank_lab.adapters.load_adapter`.
+Each direction brings its own `whiten` / `offset` (`DIRECTION_DEFAULTS`, the seeds' and papers' choices; conf/init/
+gradient.yaml resolves them from `init.directions` so the logged params say what ran); an explicit `init.whiten` /
+`init.offset` wins for LoRA-FA / LoRA-One. `init.scale` gives c for LoRA-FA / LoRA-One as the seed code does:
+`stable` 1/√γ (γ = `stable_gamma`), `gd` 1/s, `unit` 1, `weight_svd` mean_{i≤r} √(σᵢ(W)/s). The pass streams:
+peft's `preprocess_loraga` keeps one accumulated gradient per target layer (+ C and Σ with whiten). Offsets are
+reproduced on reload from `<adapter dir>/init_offset.safetensors` (B₀, A₀, s per layer) by
+`lowrank_lab.adapters.load_adapter`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import itertools
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +43,14 @@ from torch.utils.data import DataLoader
 from lowrank_lab.adapters.init.base import INIT_SEED, Initializer
 from lowrank_lab.errors import LabError, bad_value
 
-DIRECTIONS = ("LoRA-FA", "ArB2r", "A2rBr", "ArBr")
+DIRECTIONS = ("LoRA-FA", "LoRA-One", "ArB2r", "A2rBr", "ArBr")
+OWN_SVD = ("LoRA-FA", "LoRA-One")  # B, A from our exact SVD of −G; the others are LoRA-GA's, through peft
+# direction -> its whiten / offset when the config leaves them unset (conf/init/gradient.yaml's `directions`)
+DIRECTION_DEFAULTS = {
+    "LoRA-FA": {"whiten": True, "offset": False},  # the seed's reference: whitened, no base offset
+    "LoRA-One": {"whiten": False, "offset": False},  # W + s·B₀A₀: one best rank-r step along −G
+    **{ga: {"whiten": False, "offset": True} for ga in ("ArB2r", "A2rBr", "ArBr")},  # LoRA-GA: output unchanged
+}
 PEFT_SCALES = {"stable": "stable", "gd": "gd_scale", "unit": "unit", "weight_svd": "weight_svd"}
 OFFSET_FILE = "init_offset.safetensors"
 _OFFSET_ATTR = "init_offset"  # on the wrapped model: name -> (B₀, A₀, s, fan_in_fan_out) moved out of its base
@@ -95,7 +108,8 @@ def subtract_offset(base: nn.Module, B: torch.Tensor, A: torch.Tensor, scaling: 
 
 
 class GradientInit(Initializer):
-    """LoRA-FA / LoRA-GA init from the task-loss gradient over `bsz` × `iters` shuffled training examples."""
+    """LoRA-FA / LoRA-One / LoRA-GA init from the task-loss gradient over `bsz` × `iters` shuffled training
+    examples; `whiten` / `offset` None: the direction's own (`DIRECTION_DEFAULTS`, or the config's `directions`)."""
 
     name = "gradient"
     needs_data = True
@@ -108,11 +122,12 @@ class GradientInit(Initializer):
         bsz: int = 1,
         iters: int = 8,
         weight: str | None = None,
-        whiten: bool = False,
+        whiten: bool | None = None,
         reg_alpha: float = 1e-6,
-        offset: bool = True,
+        offset: bool | None = None,
         seed: int = 0,
         cache_dir: str | None = None,
+        directions: Mapping[str, Mapping[str, bool]] | None = None,
     ) -> None:
         scale = weight if weight is not None else scale  # the seed's Quick Start spells it init.weight
         if direction not in DIRECTIONS:
@@ -124,9 +139,14 @@ class GradientInit(Initializer):
         for key, value in (("init.bsz", bsz), ("init.iters", iters)):
             if not isinstance(value, int) or value < 1:
                 raise bad_value(key, value, "a positive integer (the pass sees init.bsz × init.iters examples)")
-        if direction != "LoRA-FA" and (whiten or not offset):
+        own = {**DIRECTION_DEFAULTS[direction], **dict((directions or {}).get(direction) or {})}
+        whiten = own["whiten"] if whiten is None else whiten
+        offset = own["offset"] if offset is None else offset
+        if direction not in OWN_SVD and (whiten or not offset):  # peft's lora_ga_init always offsets, never whitens
             key, value = ("init.whiten", whiten) if whiten else ("init.offset", offset)
-            raise bad_value(key, value, f"its default with init.direction={direction} (LoRA-FA only)")
+            raise bad_value(key, value, f"its default with init.direction={direction} (LoRA-GA: no whitening, offset)")
+        if direction == "LoRA-One" and whiten:
+            raise bad_value("init.whiten", whiten, "false with init.direction=LoRA-One (the whitened one is LoRA-FA)")
         self.direction, self.scale, self.stable_gamma = direction, scale, float(stable_gamma)
         self.bsz, self.iters, self.seed, self.cache_dir = bsz, iters, seed, cache_dir
         self.whiten, self.reg_alpha, self.offset = bool(whiten), float(reg_alpha), bool(offset)
@@ -142,7 +162,7 @@ class GradientInit(Initializer):
             if not isinstance(module, (nn.Linear, Conv1D)):
                 allowed = f"nn.Linear / Conv1D targets with init=gradient; {name!r} is {type(module).__name__}"
                 raise bad_value("peft.target_modules", spec.target_modules, allowed)
-        need = spec.lora_r if self.direction == "LoRA-FA" else 2 * spec.lora_r
+        need = spec.lora_r if self.direction in OWN_SVD else 2 * spec.lora_r
         smallest = min(min(m.weight.shape) for m in layers.values())
         if need > smallest:
             allowed = f"r ≤ {smallest if need == spec.lora_r else smallest // 2} with init.direction={self.direction}"
@@ -194,7 +214,7 @@ class GradientInit(Initializer):
             if not hasattr(base, "_peft_loraga_grad"):
                 raise LabError(f"init=gradient: no gradient reached {name}; is it on the task loss's path?")
             scaling, fan = float(layer.scaling[adapter]), bool(getattr(layer, "fan_in_fan_out", False))
-            if self.direction == "LoRA-FA":
+            if self.direction in OWN_SVD:
                 grad = transpose(base._peft_loraga_grad, fan)  # (d_out, d_in)
                 weight = transpose(base.weight, fan) if self.scale == "weight_svd" else None
                 metric = self._metric(name) if self.whiten else None
