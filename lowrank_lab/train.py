@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowrank_lab.adapters import wrap
 from lowrank_lab.adapters.init.gradient import save_init_offset
+from lowrank_lab.adapters.rank import rank_facts, resolve_auto_rank
 from lowrank_lab.callbacks.finite import StopOnNonFiniteLoss
 from lowrank_lab.config_tree import print_config_tree
 from lowrank_lab.errors import LabError, bad_value
@@ -100,6 +101,7 @@ def _run(cfg: DictConfig) -> float | None:
     backbone = instantiate(cfg.model, num_labels=datamodule.task.num_labels)
     base = copy.deepcopy(backbone.model) if backbone.random_init else None  # saved once every check passed
     teacher = teacher_for_run(cfg, backbone, datamodule, init)  # None unless method.teacher / init needs one
+    spec = resolve_auto_rank(spec, init, teacher, datamodule)  # peft.lora_r=auto: init=spectral picks the ranks
     model = wrap(backbone, spec, init, datamodule=datamodule)  # data-aware inits (CorDA) do their pass here
     init.apply(model, datamodule=datamodule, teacher=teacher)
     with_teacher = {"teacher": teacher} if "teacher" in cfg.method else {}
@@ -115,6 +117,8 @@ def _run(cfg: DictConfig) -> float | None:
     #    starts them with SLURM_PROCID), rank_zero_only.rank reads those, and their loggers stay no-ops.
     run_id = None
     if cfg.logger.get("tracking_uri"):
+        from mlflow.tracking import MlflowClient
+
         from lowrank_lab.tracking.job import log_facts, start_job_run
 
         if rank_zero_only.rank == 0:
@@ -123,6 +127,10 @@ def _run(cfg: DictConfig) -> float | None:
             if teacher is not None and teacher.info.get("dev") is not None:
                 scores = {f"teacher/{teacher.info['metric']}": teacher.info["dev"]}
                 log_facts(cfg.logger.tracking_uri, run_id, scores | {"teacher/baseline": teacher.info.get("majority")})
+            rank_metrics, rank_params = rank_facts(spec, model)  # peft.lora_r=auto: what it picked
+            log_facts(cfg.logger.tracking_uri, run_id, rank_metrics)
+            for key, value in rank_params.items():
+                MlflowClient(cfg.logger.tracking_uri).log_param(run_id, key, value)
     loggers = build_loggers(cfg.logger, run_id)  # logger=: a Lightning logger's _target_ (mlflow: the job's run)
     (job_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 

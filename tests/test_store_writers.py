@@ -16,21 +16,21 @@ from omegaconf import OmegaConf
 from lowrank_lab.tracking.store import ensure_experiment
 
 WRITERS, POINTS = 16, 200
-WORKER = """
+WORKER = f"""
 import sys
 import lowrank_lab.tracking.store  # the lab's sqlite settings (busy timeout) for this process
 from lightning.pytorch.loggers import MLFlowLogger
 uri, tag = sys.argv[1], sys.argv[2]
 logger = MLFlowLogger(experiment_name="writers", tracking_uri=uri, run_name=tag, log_model=False)
 sys.stdin.readline()  # start writing together
-for step in range({points}):
+for step in range({POINTS}):
     logger.log_metrics({{"train/loss": step / 7.0, "step_copy": float(step)}}, step=step)
 logger.finalize("success")
 print(logger.run_id)
-""".format(points=POINTS)
+"""
 
 
-@pytest.mark.slow  # 16 interpreters importing Lightning on shared cores: ~1-2 min
+@pytest.mark.slow  # 16 interpreters importing Lightning: minutes on two busy cores
 def test_sixteen_writers_lose_no_metric_point(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -56,9 +56,9 @@ def test_sixteen_writers_lose_no_metric_point(tmp_path: Path) -> None:
     run_ids = [out.strip().splitlines()[-1] for out, _ in outs]
     assert len(set(run_ids)) == WRITERS
     for run_id in run_ids:
-        for key, scale in (("train/loss", 1 / 7.0), ("step_copy", 1.0)):
+        for key, value in (("train/loss", lambda s: s / 7.0), ("step_copy", float)):
             history = client.get_metric_history(run_id, key)
-            assert sorted((m.step, m.value) for m in history) == [(s, s * scale) for s in range(POINTS)], key
+            assert sorted((m.step, m.value) for m in history) == [(s, value(s)) for s in range(POINTS)], key
         assert client.get_run(run_id).info.status == "FINISHED"
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -40,9 +40,10 @@ def test_source_inputs_are_labelled_train_images_only() -> None:
 
     train_views, val_views = all_views(split["train"][0]), all_views(split["val"][0])
     inputs, n = pixels[:, 0].flatten(1), len(split["train"][0])
+    exact = "donot_use_mm_for_euclid_dist"
     for x, label in zip(inputs, labels.tolist(), strict=True):  # a transformed train image, under its own label …
-        assert torch.cdist(x[None], train_views[label * n : (label + 1) * n]).min() < 1e-4
-    assert (torch.cdist(inputs, val_views).min(dim=1).values > 1e-3).all()  # … and never a val image
+        assert torch.cdist(x[None], train_views[label * n : (label + 1) * n], compute_mode=exact).min() < 1e-5
+    assert (torch.cdist(inputs, val_views, compute_mode=exact).min(dim=1).values > 1e-3).all()  # … never a val one
 
 
 def test_cache_key_follows_the_recipe() -> None:
@@ -69,10 +70,14 @@ def test_built_once_then_reused_and_loads_into_both_heads(tmp_path: Path, monkey
     saved = load_file(path / "model.safetensors")
     for head, labels in (("image_cls", 10), ("image_seg", 11)):
         model = load_backbone(str(path), head=head, num_labels=labels, image_size=32).model
-        state = model.state_dict()
-        encoder = [k for k in saved if k.startswith("vit.")]
-        assert encoder and all(torch.equal(state[k], saved[k]) for k in encoder)
+        loaded = list(model.state_dict().values())  # transformers renames ViT modules on load: match by value
+        encoder = [t for k, t in saved.items() if k.startswith("vit.")]
+        assert len(encoder) > 20 and all(any(_same(t, u) for u in loaded) for t in encoder)
         assert model.config.num_hidden_layers == 1 and model.config.num_labels == labels
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a, b)
 
 
 @pytest.mark.slow

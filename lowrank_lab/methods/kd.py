@@ -168,12 +168,18 @@ class DistillationModule(AdapterModule):
         return max(int(layer.r[layer.active_adapters[0]]) for layer in self.adapted().values())
 
     def attach_targets(self, targets: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Register each adapted layer's teacher target (keys: teacher module names, matched by suffix)."""
-        for name in self.adapted():
+        """Register each adapted layer's teacher target (keys: teacher module names, matched by suffix), cut to
+        the layer's own r when a rank_pattern gives it fewer than the target_rank() columns (U_r, σ̃_r and
+        sigma_target = σ(U_rᵀ ΔW_T) at that r)."""
+        for name, layer in self.adapted().items():
             match = [t for t in targets if name == t or name.endswith("." + t)]
             if not match:
                 raise LabError(f"method.teacher: no target for the adapted layer {name}; {SAD_MISMATCH}")
-            t = targets[match[0]]
+            t, r = targets[match[0]], int(layer.r[layer.active_adapters[0]])
+            if r < t["u_target"].shape[1] and self.teacher.delta:  # (d_out, R) -> (d_out, r)
+                U, dw = t["u_target"][:, :r], self.teacher.delta[match[0]]
+                sigma = torch.linalg.svdvals(U.double().T @ dw.to(U.device, torch.float64))  # (r,)
+                t = {"u_target": U, "sigma_target": sigma, "sigma_weighted": t["sigma_weighted"][:r]}
             self.targets[name.replace(".", "/")] = SpectralTarget(t["u_target"], t["sigma_target"], t["sigma_weighted"])
 
     def spectral_pairs(self) -> list[tuple[str, torch.Tensor, torch.Tensor, float, SpectralTarget]]:

@@ -27,6 +27,27 @@ def energy_rank(S: torch.Tensor, threshold: float = 0.9) -> int:
     return min(int(below.sum()) + 1, energy.numel())
 
 
+def pooled_energy_rank(spectra: list[torch.Tensor], threshold: float = 0.9) -> int:
+    """Smallest common k whose top-k energy summed over layers, Σ_l Σ_{i≤k} σ_{l,i}², reaches `threshold` of the
+    layers' total energy Σ_l ‖σ_l‖²: one rank for every layer (a layer with fewer than k values gives them all).
+    spectra: one (k_l,) vector per layer. 0 when every spectrum is zero."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold={threshold} must be in (0, 1].")
+    sorted_ = [_spectrum(s).double() for s in spectra]
+    width = max((s.numel() for s in sorted_), default=0)
+    if width == 0:
+        return 0
+    energy = torch.zeros(width, dtype=torch.float64)
+    for s in sorted_:
+        if s.numel():
+            cum = torch.cumsum(s.square(), dim=0)  # (k_l,), then held at its total up to `width`
+            energy += torch.cat([cum, cum[-1].expand(width - cum.numel())])
+    if float(energy[-1]) == 0.0:
+        return 0
+    below = energy < threshold * energy[-1]
+    return min(int(below.sum()) + 1, width)
+
+
 def effective_rank(S: torch.Tensor) -> float:
     """Roy & Vetterli (2007) effective rank exp(H(p)), pᵢ = σᵢ/Σσⱼ, H the Shannon entropy (nats); S: (k,)."""
     s = _spectrum(S)

@@ -40,6 +40,13 @@ class Initializer:
         """Post-wrap initialisation; the default has nothing to do. With `peft=kasa`, an init that writes B here
         calls `adapters.kasa.unit_diag_where_initialised(model)` at the end so that ΔW₀ = scaling·B₀A₀."""
 
+    def pick_ranks(self, teacher: Any, datamodule: Any) -> dict[str, int]:
+        """`peft.lora_r=auto`: layer name -> r chosen by this init (before wrapping); only inits that can pick one
+        (init=spectral, from the teacher's spectrum) override this."""
+        from lowrank_lab.adapters.lora import AUTO, AUTO_NEEDS
+
+        raise bad_value("peft.lora_r", AUTO, f"{AUTO_NEEDS}; init={self.name} cannot pick a rank")
+
     def require_data(self, datamodule: Any) -> Any:
         """The datamodule, or the one-line error for an init that needs a data pass and got none."""
         if datamodule is None:

@@ -5,6 +5,10 @@ optimum of the teacher update,
 
 with U_r the top-r left singular vectors of ΔW_T Σ^{1/2} over the calibration tokens (the teacher's targets).
 Works with any method (finetune, kd, sad); needs a teacher fine-tuned from the student's base.
+
+`peft.lora_r=auto` (the seed's phase 2, rank selection): r is the smallest rank whose top-r data-weighted energy
+Σ_{i≤r} σ̃ᵢ² reaches `rank_energy` of ‖ΔW_T Σ^{1/2}‖²_F — pooled over the adapted layers (one r for all), or per
+layer with `rank_per_layer=true` (peft's `rank_pattern`: each layer its own r).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch.nn as nn
 
 from lowrank_lab.adapters.init.base import Initializer
 from lowrank_lab.errors import LabError, bad_value
+from lowrank_lab.spectral.rank import energy_rank, pooled_energy_rank
 
 SPECTRAL_NEEDS = "init=spectral needs a teacher fine-tuned from the student's base (the SAD teacher)"
 
@@ -26,10 +31,26 @@ class SpectralInit(Initializer):
     name = "spectral"
     needs_teacher = True  # apply() also needs the datamodule (calibration); wrap() does not
 
-    def __init__(self, n_calib: int = 2048) -> None:
+    def __init__(self, n_calib: int = 2048, rank_energy: float = 0.9, rank_per_layer: bool = False) -> None:
         if n_calib <= 0:
             raise bad_value("init.n_calib", n_calib, "a positive number of calibration tokens")
-        self.n_calib = int(n_calib)
+        if isinstance(rank_energy, bool) or not isinstance(rank_energy, (int, float)) or not 0 < rank_energy <= 1:
+            raise bad_value("init.rank_energy", rank_energy, "a fraction in (0, 1] of the data-weighted energy")
+        self.n_calib, self.rank_energy, self.rank_per_layer = int(n_calib), float(rank_energy), bool(rank_per_layer)
+
+    def pick_ranks(self, teacher: Any, datamodule: Any) -> dict[str, int]:
+        """`peft.lora_r=auto`: teacher module name -> r by the energy rule on the full data-weighted spectrum σ̃
+        of every adapted layer (one pooled r, or one per layer); at least 1, at most the layer's own size."""
+        datamodule = self.require_data(datamodule)
+        if teacher is None or not getattr(teacher, "sad_style", False):
+            raise LabError(SPECTRAL_NEEDS)
+        full = max(min(dw.shape) for dw in teacher.delta.values())  # every singular value (clipped per layer)
+        targets = teacher.targets(datamodule, full, self.n_calib)
+        spectra = {name: targets[name]["sigma_weighted"] for name in teacher.delta}  # (k_l,) descending
+        if self.rank_per_layer:
+            return {name: max(1, energy_rank(s, self.rank_energy)) for name, s in spectra.items()}
+        r = max(1, pooled_energy_rank(list(spectra.values()), self.rank_energy))
+        return {name: min(r, *teacher.delta[name].shape) for name in spectra}
 
     @torch.no_grad()
     def apply(self, model: nn.Module, datamodule: Any = None, teacher: Any = None) -> None:
