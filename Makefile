@@ -91,7 +91,7 @@ conf/experiment/%.yaml:
 	@$(error not available yet: experiment=$* (conf/experiment/$*.yaml is missing))
 
 # SAD-LoRA Theorems 1-3 on synthetic spectra (one process, CPU, the seed's own scale at either SCALE).
-# Measured here: 4 min wall (65 s CPU) on the 2-core machine, under load from other jobs.
+# Measured here: 53 s wall (one thread) to 4 min (machine loaded by other jobs) on the 2-core machine; budget 10 min.
 reproduce-sad-synthetic: reproduce-scale $(STAMP)
 	$(BIN)/python -m lowrank_lab.synthetic --out $(call q,$(REPORTS)/sad_synthetic) --tracking-uri $(call q,$(TRACKING_URI)) \
 		--experiment sad_synthetic --page docs/results/sad_synthetic.md --command 'make $@' $(ARGS)

@@ -141,11 +141,11 @@ def _run(cfg: DictConfig) -> float | None:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(job_dir)
-    )
     status = "FAILED"
-    try:
+    try:  # from here on the run is closed whatever happens (a Trainer that cannot be built: FAILED)
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(job_dir)
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         test = trainer.test(module, datamodule=datamodule, verbose=False)[0] if cfg.get("test", True) else {}

@@ -47,7 +47,7 @@ def test_sad_rank_sweep_builds_the_teacher_once(tmp_path: Path) -> None:
         assert 0.0 <= metrics["spectral/principal_angle_mean"] <= metrics["spectral/principal_angle_max"] <= 90.0
     # one teacher for the three jobs: built by the first, loaded by the others
     assert proc.stderr.count("teacher: building") == 1 and proc.stderr.count("teacher: cached") == 2
-    teachers = [p for p in (tmp_path / "teachers").iterdir() if p.is_dir() and p.name != "targets"]
+    teachers = [p for p in (tmp_path / "teachers").iterdir() if p.is_dir() and p.name not in ("targets", "logits")]
     assert len(teachers) == 1 and (teachers[0] / "model.safetensors").exists()
     targets = sorted(p.name.split("-")[-3] for p in (tmp_path / "teachers" / "targets").glob("*.safetensors"))
     assert targets == ["r16", "r4", "r8"]  # spectral targets cached per rank

@@ -4,6 +4,7 @@ artifacts = the job directory without checkpoints (config, adapter, plots); opti
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from lowrank_lab.tracking.metadata import (
     source_tags,
     sweep_job_number,
 )
+from lowrank_lab.tracking.reconcile import hold, process_tags, release
 from lowrank_lab.tracking.store import ensure_experiment, flatten_config, mask_credentials, parent_run_id
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -37,6 +39,9 @@ def start_job_run(cfg: DictConfig, job_dir: Path, overrides: list[str], run_name
     if record.exists():
         run_id = record.read_text().strip()
         client.update_run(run_id, status="RUNNING")
+        for key, value in process_tags().items():  # the resumed run now belongs to this process
+            client.set_tag(run_id, key, value)
+        hold(uri, run_id)  # SIGTERM/SIGHUP or an exit before finish_job_run: the run ends FAILED
         _start_monitor(cfg, run_id, resume=True)
         return run_id
     experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
@@ -45,11 +50,13 @@ def start_job_run(cfg: DictConfig, job_dir: Path, overrides: list[str], run_name
     tags = config_tags(cfg) | choices | source_tags(repo_root(cfg))
     tags |= {"overrides": " ".join(overrides), "job_dir": str(job_dir), "override_dirname": mask_credentials(run_name)}
     tags |= {f"override.{o.split('=', 1)[0].lstrip('+~')}": o.split("=", 1)[-1] for o in overrides}
+    tags |= process_tags()  # pid + host: `python -m lowrank_lab.tracking reconcile` closes it once the pid is gone
     parent = parent_run_id()
     if parent:
         tags["mlflow.parentRunId"] = parent
     name = mask_credentials(short_run_name(cfg, choices, sweep_job_number()))[:250]
     run_id = client.create_run(experiment_id, run_name=name, tags={k: v[:5000] for k, v in tags.items()}).info.run_id
+    hold(uri, run_id)
     params = [Param(k, v) for k, v in flatten_config(cfg).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i : i + 100])
@@ -88,16 +95,27 @@ def upload_job_dir(client: Any, run_id: str, job_dir: Path) -> None:
 
 
 def finish_job_run(tracking_uri: str, run_id: str, job_dir: Path, status: str = "FINISHED") -> None:
-    """Stop the system-metrics monitor, upload the job directory (no checkpoints) and close the run."""
+    """Stop the system-metrics monitor, upload the job directory (no checkpoints) and close the run; the status is
+    set even when the upload fails (one warning line: the files stay in the job dir)."""
     from mlflow.tracking import MlflowClient
 
-    monitor = _MONITORS.pop(run_id, None)
-    if monitor is not None:
-        monitor.finish()
     client = MlflowClient(tracking_uri)
-    if status == "FINISHED":
-        upload_job_dir(client, run_id, job_dir)
-    client.set_terminated(run_id, status)
+    try:
+        monitor = _MONITORS.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
+        if status == "FINISHED":
+            upload_job_dir(client, run_id, job_dir)
+    except Exception as err:
+        print(
+            f"warning: MLflow run {run_id}: uploading {job_dir} failed ({type(err).__name__}: {err}); "
+            "the files stay in the job dir",
+            file=sys.stderr,
+            flush=True,
+        )
+    finally:
+        client.set_terminated(run_id, status)
+        release(run_id)
 
 
 def log_facts(tracking_uri: str, run_id: str, metrics: dict[str, float], tags: dict[str, str] | None = None) -> None:

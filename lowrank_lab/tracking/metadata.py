@@ -98,6 +98,15 @@ def short_run_name(cfg: DictConfig, choices: dict[str, str], number: int | None 
     return " ".join(parts)
 
 
+def _label_key(label: object) -> object:
+    """A hashable stand-in for a label: token labels of a causal LM (a list) become a CRC of their ids."""
+    import numpy as np
+
+    if isinstance(label, list | tuple):
+        return zlib.crc32(np.asarray(label, dtype=np.int64).tobytes())
+    return label
+
+
 def dataset_inputs(datamodule: Any, cfg: DictConfig) -> list[Any]:
     """One MLflow dataset input per split (context train/val/test): name = the task, digest = a hash of the rows'
     token ids and labels, source = the local data path, profile = the split's row count. Only for datamodules whose
@@ -118,7 +127,7 @@ def dataset_inputs(datamodule: Any, cfg: DictConfig) -> list[Any]:
         frame = pd.DataFrame(
             {
                 "tokens": [zlib.crc32(np.asarray(r["input_ids"], dtype=np.int64).tobytes()) for r in data],
-                "labels": [r.get("labels") for r in data],
+                "labels": [_label_key(r.get("labels")) for r in data],
             }
         )
         key = (len(frame), int(pd.util.hash_pandas_object(frame, index=False).sum()))
