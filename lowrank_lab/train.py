@@ -22,8 +22,8 @@ from lowrank_lab.callbacks.finite import StopOnNonFiniteLoss
 from lowrank_lab.config_tree import print_config_tree
 from lowrank_lab.errors import LabError, bad_value
 from lowrank_lab.metrics.baseline import datamodule_baseline, learned
-from lowrank_lab.models.teachers import teacher_for_run
 from lowrank_lab.summary import print_summary
+from lowrank_lab.teachers.load import teacher_for_run
 from lowrank_lab.tracking.loggers import build_loggers
 from lowrank_lab.validate import validate
 

@@ -21,8 +21,9 @@ from lowrank_lab.adapters.rank import rank_facts, resolve_auto_rank
 from lowrank_lab.errors import LabError
 from lowrank_lab.methods.sad import SADModule
 from lowrank_lab.models.backbone import Backbone
-from lowrank_lab.models.teachers import Teacher, weight_delta
 from lowrank_lab.spectral.rank import pooled_energy_rank
+from lowrank_lab.teachers.load import weight_delta
+from lowrank_lab.teachers.module import Teacher
 from tests.conftest import mlflow_runs, run_cli
 from tests.test_kd import TARGETS, batch, fake_datamodule, task, tiny_bert
 from tests.test_spectral_init import calibration_rows

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lowrank_lab.data import DigitsClassificationDataModule, DigitsSegmentationDataModule
-from lowrank_lab.data.vision import compose, digits
+from lowrank_lab.data.digits import digits
+from lowrank_lab.data.vision import compose
 from lowrank_lab.errors import LabError
 
 

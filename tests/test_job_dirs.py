@@ -44,10 +44,9 @@ def test_two_processes_resolve_different_dirs() -> None:
 
 @pytest.mark.slow  # two tiny runs side by side: ~60 s on two shared cores
 def test_two_runs_started_together_get_their_own_dir_and_mlflow_run(tmp_path: Path) -> None:
-    from lowrank_lab.tracking.store import ensure_experiment
     from lowrank_lab.train import resolve_checkpoint
 
-    ensure_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", "lowrank_lab")  # the store exists, as after `make run`
+    # no store yet: both create it (MLflow's migrations on a new sqlite DB race unless one waits for the other)
     args = ["model=tiny-bert", "trainer=debug", "trainer.limit_val_batches=1", "data.train_limit=16", "test=false"]
     args += ["threads=1", f"paths.output_dir={tmp_path}", f"paths.data_dir={DATA_DIR}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -17,7 +17,8 @@ from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError
 from lowrank_lab.losses import JensenShannon, KLDivergence
 from lowrank_lab.methods.kd import DistillationModule
-from lowrank_lab.models.teachers import Teacher, weight_delta
+from lowrank_lab.teachers.load import weight_delta
+from lowrank_lab.teachers.module import Teacher
 
 VOCAB, TARGETS = 100, ["query", "value"]
 

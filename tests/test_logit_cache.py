@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowrank_lab.models.logit_cache import LogitCache, cached_logits, example_keys
-from lowrank_lab.models.teachers import Teacher
+from lowrank_lab.teachers.logits import LogitCache, cached_logits, example_keys
+from lowrank_lab.teachers.module import Teacher
 from tests.conftest import mlflow_runs, run_cli
 from tests.test_kd import VOCAB, tiny_bert
 

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from lowrank_lab.errors import LabError
 from lowrank_lab.losses import HiddenCosine, JensenShannon
 from lowrank_lab.methods.lorafa import ALIGN, TASK, LoRAFAModule, phase
-from lowrank_lab.models.teachers import Teacher
 from lowrank_lab.optim import lora_pairs
+from lowrank_lab.teachers.module import Teacher
 from lowrank_lab.train import save_merged
 from tests.conftest import REPO, mlflow_runs, run_cli
 from tests.test_kd import batch, lora, task, tiny_bert, weights_hash
@@ -138,8 +138,8 @@ def test_save_merged_loads_in_plain_transformers(tmp_path: Path) -> None:
 
 def test_causal_lm_teacher_judged_against_unigram_perplexity() -> None:
     from lowrank_lab.errors import LabError
-    from lowrank_lab.models.teachers import TeacherSettings
-    from lowrank_lab.teachers import check_quality
+    from lowrank_lab.teachers.prepare import check_quality
+    from lowrank_lab.teachers.settings import TeacherSettings
 
     # perplexity: lower is better, a teacher must be ≥ 10 % below the unigram model's (metrics.baseline.MARGINS)
     assert check_quality({"metric": "perplexity", "dev": 9.0, "majority": None}, TeacherSettings(), "t") is None

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from lowrank_lab.methods.lorafa import ALIGN, TASK
-from lowrank_lab.models.teachers import Teacher
+from lowrank_lab.teachers.module import Teacher
 from tests.conftest import REPO
 from tests.test_kd import batch, lora, task, tiny_bert
 

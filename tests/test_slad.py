@@ -19,7 +19,7 @@ from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError
 from lowrank_lab.losses import kd_loss
 from lowrank_lab.methods.slad import SLADModule
-from lowrank_lab.metrics.alignment import StreamingCKA
+from lowrank_lab.metrics.cka import StreamingCKA
 from lowrank_lab.metrics.forgetting import linear_cka
 from lowrank_lab.models import load_backbone
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from lowrank_lab.adapters import LoraSpec, wrap
 from lowrank_lab.data.task import TaskSpec
-from lowrank_lab.methods.optim import warmup_linear
+from lowrank_lab.methods.lr_schedules import warmup_linear
 from lowrank_lab.methods.slad import SLADModule
 from lowrank_lab.models import load_backbone
 from tests.test_slad import batch, one_thread, text_pair  # noqa: F401 (one_thread: autouse)

@@ -17,7 +17,7 @@ from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError
 from lowrank_lab.methods.base import AdapterModule
 from lowrank_lab.methods.finetune import FinetuneModule
-from lowrank_lab.methods.optim import warmup_linear
+from lowrank_lab.methods.lr_schedules import warmup_linear
 from lowrank_lab.methods.slora import SLoRAModule, gated_class
 from lowrank_lab.models import load_backbone
 

@@ -34,7 +34,7 @@ TINY = [
     "trainer=debug",
     "data.max_length=32",
     "threads=1",
-    "method.scheduler._target_=lowrank_lab.methods.optim.constant",
+    "method.scheduler._target_=lowrank_lab.methods.lr_schedules.constant",
     "~method.scheduler.warmup_ratio",
     "+model.config_overrides.hidden_dropout_prob=0.0",
     "+model.config_overrides.attention_probs_dropout_prob=0.0",

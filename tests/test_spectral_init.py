@@ -9,9 +9,10 @@ import torch
 from lowrank_lab.adapters.init.spectral import SPECTRAL_NEEDS, SpectralInit
 from lowrank_lab.adapters.wrap import adapted_modules
 from lowrank_lab.errors import LabError
-from lowrank_lab.models.teachers import Teacher, weight_delta
 from lowrank_lab.spectral import best_rank_r, data_weighted_subspace, eckart_young_bound, weighted_error
 from lowrank_lab.spectral.calibrate import collect_inputs
+from lowrank_lab.teachers.load import weight_delta
+from lowrank_lab.teachers.module import Teacher
 from tests.test_kd import TARGETS, fake_datamodule, lora, perturbed, tiny_bert
 
 

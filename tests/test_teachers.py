@@ -13,10 +13,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import lowrank_lab.teachers as prep
+import lowrank_lab.teachers.prepare as prep
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError
-from lowrank_lab.models.teachers import INFO_FILE, SAD_MISMATCH, TeacherSettings
+from lowrank_lab.teachers import cli
+from lowrank_lab.teachers.settings import INFO_FILE, SAD_MISMATCH, TeacherSettings
 from tests.conftest import DATA_DIR, REPO, mlflow_runs, run_cli
 
 TINY = [
@@ -99,7 +100,7 @@ def test_weak_teacher_warns_loudly_or_is_refused(capsys: pytest.CaptureFixture) 
 
 def test_prepare_saves_a_frozen_cached_teacher(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(123)
-    cfg, datamodule, teacher, _ = prep.compose_run_parts(overrides(tmp_path))
+    cfg, datamodule, teacher, _ = cli.compose_run_parts(overrides(tmp_path))
     after_build = torch.rand(3)
     assert "teacher: building" in capsys.readouterr().err
     (folder,) = [p for p in (tmp_path / "teachers").iterdir() if p.is_dir() and p.name != "targets"]
@@ -114,28 +115,26 @@ def test_prepare_saves_a_frozen_cached_teacher(tmp_path: Path, capsys: pytest.Ca
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
 
     torch.manual_seed(123)
-    cfg, datamodule, again, _ = prep.compose_run_parts(overrides(tmp_path))
+    cfg, datamodule, again, _ = cli.compose_run_parts(overrides(tmp_path))
     assert torch.equal(torch.rand(3), after_build)  # building the teacher left the run's random stream alone
     assert "teacher: cached" in capsys.readouterr().err
     assert again.key == teacher.key and (folder / "model.safetensors").stat().st_mtime_ns == mtime
     assert all(torch.equal(again.delta[k], teacher.delta[k]) for k in teacher.delta)
 
-    assert prep.main(["prepare", *overrides(tmp_path)]) == 0  # the CLI: same key, cached
+    assert cli.main(["prepare", *overrides(tmp_path)]) == 0  # the CLI: same key, cached
     assert json.loads(capsys.readouterr().out)["key"] == teacher.key
-    from lowrank_lab.spectral import extract
-
-    assert extract.main([*overrides(tmp_path), "peft.lora_r=4", "method.n_calib=128"]) == 0  # targets CLI
+    assert cli.main(["targets", *overrides(tmp_path), "peft.lora_r=4", "method.n_calib=128"]) == 0  # targets CLI
     cached = capsys.readouterr().out.splitlines()[0].removeprefix("targets: ")
     assert Path(cached).exists() and "-r4-n128-" in cached
-    other = prep.compose_run_parts(overrides(tmp_path, "data.train_limit=48"))[2]
+    other = cli.compose_run_parts(overrides(tmp_path, "data.train_limit=48"))[2]
     assert other.key != teacher.key  # data limits are part of the key
 
 
 def test_unrelated_teacher_of_the_same_shape(tmp_path: Path) -> None:
     saved = _saved_teacher(tmp_path / "unrelated")  # the student's shapes and vocab, another random init
     with pytest.raises(LabError, match="SAD needs a teacher fine-tuned from the student's base"):
-        prep.compose_run_parts(overrides(tmp_path, "method=sad", f"method.teacher.name_or_path={saved}"))
-    teacher = prep.compose_run_parts(overrides(tmp_path, "method=kd", f"method.teacher.name_or_path={saved}"))[2]
+        cli.compose_run_parts(overrides(tmp_path, "method=sad", f"method.teacher.name_or_path={saved}"))
+    teacher = cli.compose_run_parts(overrides(tmp_path, "method=kd", f"method.teacher.name_or_path={saved}"))[2]
     assert not teacher.sad_style and teacher.key.startswith("saved-")  # fine for KD, without spectral targets
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowrank_lab.data.vision import digits, to_pixels
+from lowrank_lab.data.digits import digits, to_pixels
 from lowrank_lab.errors import LabError
 from lowrank_lab.models import load_backbone, pretrain, resolve_name_or_path
 from lowrank_lab.models.pretrain import INFO_FILE, RECIPES, Recipe, pretrained, pretrained_dir

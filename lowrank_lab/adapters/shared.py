@@ -21,6 +21,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from lowrank_lab.errors import bad_value
+from lowrank_lab.models.surgery import layer_list
 
 SHARE_MODES = ("full", "core", "none")
 LayerMap = list[tuple[int, int]]  # [(teacher layer, student layer), …]
@@ -55,10 +56,8 @@ def base_of(model: nn.Module) -> nn.Module:
 
 def adapters_by_layer(model: nn.Module) -> dict[int, dict[str, LoraLayer]]:
     """block index -> {module path inside the block (e.g. `attention.self.query`): LoRA layer}."""
-    from lowrank_lab.models.pairs import _layer_list
-
     base = base_of(model)
-    blocks, _ = _layer_list(base)
+    blocks, _ = layer_list(base)
     found: dict[int, dict[str, LoraLayer]] = {}
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer) and name.startswith(blocks + "."):

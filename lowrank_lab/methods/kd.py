@@ -24,8 +24,9 @@ from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError, bad_value
 from lowrank_lab.losses import KLDivergence, LogitMSE, kd_loss
 from lowrank_lab.methods.base import AdapterModule
-from lowrank_lab.models.logit_cache import LogitCache, cached_logits
-from lowrank_lab.models.teachers import SAD_MISMATCH, Teacher, digest
+from lowrank_lab.teachers.logits import LogitCache, cached_logits
+from lowrank_lab.teachers.module import Teacher
+from lowrank_lab.teachers.settings import SAD_MISMATCH, digest
 
 
 class SpectralTarget(nn.Module):

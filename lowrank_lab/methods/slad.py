@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -39,8 +40,10 @@ from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import bad_value
 from lowrank_lab.losses import KLDivergence, LogitMSE, kd_loss
 from lowrank_lab.methods.base import AdapterModule
-from lowrank_lab.metrics.alignment import StreamingCKA, feature_rows
+from lowrank_lab.metrics.cka import StreamingCKA, feature_rows
 from lowrank_lab.metrics.evaluators import build_evaluator
+from lowrank_lab.models.backbone import Backbone
+from lowrank_lab.teachers.pair import load_pair_teacher
 
 ROLES = ("teacher", "student")
 TEACHER_ADAPTERS = ("same", "full", "probe")
@@ -51,15 +54,10 @@ def build_teacher(
 ) -> tuple[nn.Module, nn.Module | None]:
     """(teacher, a copy of its base when random-init) from the pair's `model.teacher` node: with the student's
     `adapter` (same), trained in full (full), or frozen but for its task head (probe: a linear probe)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from lowrank_lab.models.backbone import Backbone
-    from lowrank_lab.models.pairs import load_teacher
-
     pair = OmegaConf.to_container(pair, resolve=True) if isinstance(pair, DictConfig) else dict(pair)
     owner = Backbone(base_of(student), pair["name_or_path"], pair.get("tokenizer"), pair["head"], False)
     owner.teacher = pair.get("teacher")
-    backbone = load_teacher(owner, num_labels)  # one line if model.teacher is missing, other labels or vocabulary
+    backbone = load_pair_teacher(owner, num_labels)  # one line if model.teacher is missing, other labels or vocabulary
     family, theirs = base_of(student).config.model_type, backbone.model.config.model_type
     if family != theirs:
         raise bad_value("model.teacher", backbone.name_or_path, f"a {family} model, the student's family, not {theirs}")

@@ -17,7 +17,7 @@ import torch
 
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import bad_value
-from lowrank_lab.metrics.task import task_metrics
+from lowrank_lab.metrics.task_scores import task_metrics
 
 # metric -> (margin, higher is better). "learned" needs metric ≥ baseline + margin (≤ baseline·(1 − margin) for
 # perplexity). Chosen so that a constant predictor (or one that moved a few examples off it) fails and a model that

@@ -10,7 +10,7 @@ import torchmetrics
 
 from lowrank_lab.data.task import GenerationProbe, TaskSpec, final_answer
 from lowrank_lab.errors import bad_value
-from lowrank_lab.metrics.task import task_metrics
+from lowrank_lab.metrics.task_scores import task_metrics
 
 
 class SequenceClassificationEvaluator:

@@ -1,5 +1,6 @@
-"""Load the student backbone named by `cfg.model`: pretrained weights (packaged, converted, local, hub cache) or a
-tiny random-init config, with the head the task needs; optionally a student derived from it and a named teacher."""
+"""Load the student backbone named by `cfg.model`: pretrained weights (packaged, converted, pre-trained here, local,
+hub cache) or a tiny random-init config, with the head the task needs; optionally a student derived from it (fewer
+layers, models.surgery) and the `model.teacher` sub-node of a pair (loaded by lowrank_lab.teachers.pair)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,23 @@ from transformers import (
 )
 
 from lowrank_lab.errors import bad_value
-from lowrank_lab.models.resolve import resolve_name_or_path
+from lowrank_lab.models.convert import converted
+from lowrank_lab.models.pretrain import pretrained
+from lowrank_lab.models.resolve import locate
 from lowrank_lab.models.segmentation import ViTForPatchSegmentation
+from lowrank_lab.models.surgery import derive_student
+
+SCHEMES = {"convert:": converted, "pretrain:": pretrained}  # folders built once here, then cached
+
+
+def resolve_name_or_path(name_or_path: str, key: str = "model.name_or_path") -> str:
+    """A local directory for `name_or_path`: `convert:<name>` (packaged weights converted once, models.convert),
+    `pretrain:<name>` (a base pre-trained once, models.pretrain), else `pkg:…`, a path or a cached hub id
+    (models.resolve); fails fast with one line when unreachable."""
+    for prefix, build in SCHEMES.items():
+        if name_or_path.startswith(prefix):
+            return str(build(name_or_path[len(prefix) :]))
+    return locate(name_or_path, key)
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class Backbone:
     random_init: bool
     lora_targets: list[str] = field(default_factory=list)
     modules_to_save: list[str] = field(default_factory=list)  # trained in full next to the adapter (vision heads)
-    teacher: dict[str, Any] | None = None  # the `model.teacher` sub-node: load with models.pairs.load_teacher
+    teacher: dict[str, Any] | None = None  # the `model.teacher` sub-node: lowrank_lab.teachers.pair loads it
     image_size: int | None = None
 
 
@@ -118,8 +134,6 @@ def load_backbone(
     if head == "seq_cls" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     if student and student.get("keep_layers") is not None:
-        from lowrank_lab.models.pairs import derive_student
-
         model = derive_student(model, list(student["keep_layers"]))
     return Backbone(
         model=model,

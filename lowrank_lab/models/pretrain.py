@@ -4,6 +4,7 @@ model folder under `outputs/models/pretrain-<name>-<key>`; `model.name_or_path: 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lowrank_lab.errors import bad_value
-from lowrank_lab.models.convert import models_dir
+from lowrank_lab.models.resolve import models_dir
 
 INFO_FILE = "pretrain.json"
 TINY_VIT = {  # conf/model/tiny-vit.yaml's architecture
@@ -50,9 +51,8 @@ class Recipe:
     seed: int = 0
 
     def key(self) -> str:
-        from lowrank_lab.models.teachers import digest
-
-        return digest({"recipe": asdict(self), "format": 1})
+        blob = json.dumps({"recipe": asdict(self), "format": 1}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 RECIPES: dict[str, Recipe] = {
@@ -85,7 +85,7 @@ def shift(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torc
 
 def source_batches(recipe: Recipe, images: torch.Tensor, generator: torch.Generator):
     """One epoch of (pixel_values (B, 3, S, S), labels (B,)) for the source task, from train images (N, 8, 8)."""
-    from lowrank_lab.data.vision import to_pixels
+    from lowrank_lab.data.digits import to_pixels
 
     size = (recipe.image_size, recipe.image_size)
     order = torch.randperm(len(images), generator=generator)
@@ -101,7 +101,7 @@ def train(recipe: Recipe, out: Path, name: str) -> dict[str, Any]:
     from tqdm.auto import tqdm
     from transformers import ViTConfig, ViTForImageClassification
 
-    from lowrank_lab.data.vision import digits
+    from lowrank_lab.data.digits import digits
 
     start = time.perf_counter()
     torch.manual_seed(recipe.seed)

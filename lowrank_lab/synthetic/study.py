@@ -208,8 +208,9 @@ def log_to_mlflow(
 
     from lowrank_lab.tracking import ensure_experiment
 
+    experiment_id = ensure_experiment(tracking_uri, experiment)  # before the client: creates a new store under a lock
     client = MlflowClient(tracking_uri)
-    run = client.create_run(ensure_experiment(tracking_uri, experiment), run_name="sad_synthetic")
+    run = client.create_run(experiment_id, run_name="sad_synthetic")
     run_id = run.info.run_id
     try:
         flat = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "train"}

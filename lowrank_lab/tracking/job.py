@@ -34,6 +34,7 @@ def start_job_run(cfg: DictConfig, job_dir: Path, overrides: list[str], run_name
     from mlflow.tracking import MlflowClient
 
     uri = cfg.logger.tracking_uri
+    experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)  # first: creates a new store under a lock
     client = MlflowClient(uri)
     record = job_dir / RUN_ID_FILE
     if record.exists():
@@ -44,7 +45,6 @@ def start_job_run(cfg: DictConfig, job_dir: Path, overrides: list[str], run_name
         hold(uri, run_id)  # SIGTERM/SIGHUP or an exit before finish_job_run: the run ends FAILED
         _start_monitor(cfg, run_id, resume=True)
         return run_id
-    experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
     overrides = [mask_credentials(o) for o in overrides]  # logger.tracking_uri=http://user:pass@… stays secret
     choices = hydra_choices()
     tags = config_tags(cfg) | choices | source_tags(repo_root(cfg))

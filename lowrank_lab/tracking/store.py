@@ -59,12 +59,21 @@ def enable_wal(db: Path) -> None:
 def ensure_experiment(tracking_uri: str, name: str) -> str:
     """Return the id of experiment `name` in the store at `tracking_uri`, creating the DB (WAL, busy timeout) and
     the experiment."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return _get_or_create(tracking_uri, name)
+    from filelock import FileLock
+
+    db = Path(tracking_uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # two runs started together on a new DB would both run MLflow's migrations and one fails: one at a time
+    with FileLock(f"{db}.lock", timeout=SQLITE_BUSY_MS / 1000):
+        enable_wal(db)  # before MLflow creates the tables: its migrations already run in WAL
+        return _get_or_create(tracking_uri, name)
+
+
+def _get_or_create(tracking_uri: str, name: str) -> str:
     from mlflow.tracking import MlflowClient
 
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        enable_wal(db)  # before MLflow creates the tables: its migrations already run in WAL
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(name)
     if found is not None:

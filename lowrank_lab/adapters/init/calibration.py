@@ -41,7 +41,7 @@ def calibration_samples(datamodule: Any, num_samples: int, model: nn.Module) -> 
     return samples
 
 
-def target_names(config: Any) -> str | list[str]:
+def target_modules_key(config: Any) -> str | list[str]:
     """`config.target_modules` in a stable form for a cache key (a regex string stays as it is)."""
     targets = config.target_modules
     return targets if isinstance(targets, str) else sorted(targets)

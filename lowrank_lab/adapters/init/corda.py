@@ -16,7 +16,7 @@ from peft.tuners.lora.config import CordaConfig
 from peft.tuners.lora.corda import preprocess_corda, target_modules
 
 from lowrank_lab.adapters.init.base import Initializer
-from lowrank_lab.adapters.init.calibration import cache_file, calibration_samples, target_names
+from lowrank_lab.adapters.init.calibration import cache_file, calibration_samples, target_modules_key
 from lowrank_lab.errors import bad_value
 
 
@@ -42,7 +42,7 @@ class CordaInit(Initializer):
     @torch.no_grad()
     def wrap(self, model: nn.Module, config: LoraConfig, datamodule: Any = None) -> nn.Module:
         samples = calibration_samples(self.require_data(datamodule), self.num_samples, model)
-        settings = {"method": self.corda_method, "r": config.r, "targets": target_names(config)}
+        settings = {"method": self.corda_method, "r": config.r, "targets": target_modules_key(config)}
         path = cache_file(self.cache_dir, "corda", model, samples, settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         config.corda_config.cache_file = str(path)  # also recorded in adapter_config.json, for `load_adapter`

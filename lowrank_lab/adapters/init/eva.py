@@ -17,7 +17,7 @@ from peft.tuners.lora.eva import _Hook, get_eva_state_dict, prepare_layer_inputs
 from safetensors.torch import load_file, save_file
 
 from lowrank_lab.adapters.init.base import Initializer
-from lowrank_lab.adapters.init.calibration import cache_file, calibration_batches, target_names
+from lowrank_lab.adapters.init.calibration import cache_file, calibration_batches, target_modules_key
 from lowrank_lab.errors import LabError, bad_value
 
 
@@ -55,7 +55,7 @@ class EvaInit(Initializer):
     def apply(self, model: nn.Module, datamodule: Any = None, teacher: Any = None) -> None:
         batches = calibration_batches(self.require_data(datamodule), self.num_batches, model)
         config = model.peft_config["default"]
-        settings = {"eva": vars(self.eva_config), "r": config.r, "targets": target_names(config)}
+        settings = {"eva": vars(self.eva_config), "r": config.r, "targets": target_modules_key(config)}
         path = cache_file(self.cache_dir, "eva", model, batches, settings)
         if path.exists():
             state = {k: v.to(batches[0]["input_ids"].device) for k, v in load_file(path).items()}

@@ -174,9 +174,9 @@ class GradientInit(Initializer):
         config.lora_ga_config = LoraGAConfig()  # preprocess_loraga requires one; init_lora_weights stays True
         path = None
         if self.cache_dir and not self.whiten:
-            from lowrank_lab.adapters.init.calibration import cache_file, target_names
+            from lowrank_lab.adapters.init.calibration import cache_file, target_modules_key
 
-            settings = {"bsz": self.bsz, "iters": self.iters, "seed": self.seed, "targets": target_names(config)}
+            settings = {"bsz": self.bsz, "iters": self.iters, "seed": self.seed, "targets": target_modules_key(config)}
             path = cache_file(self.cache_dir, "gradient", model, batches, settings)
             path.parent.mkdir(parents=True, exist_ok=True)
         targets = dict(get_target_modules(model, config))

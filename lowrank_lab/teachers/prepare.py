@@ -1,9 +1,6 @@
 """Teacher preparation: fully fine-tune a copy of the student's base on the task (method=finetune, peft=none),
-score it on dev against the majority-class baseline and save it (safetensors + teacher.json). Done once per cache
-key: parallel sweep jobs that need the same teacher wait on a file lock and then load it.
-
-    python -m lowrank_lab.teachers prepare model=minilm data=rte [method.teacher.lr=2e-4 method.teacher.epochs=8]
-"""
+score it on dev against the trivial baseline and save it (safetensors + teacher.json). Done once per cache key:
+parallel sweep jobs that need the same teacher wait on a file lock and then load it."""
 
 from __future__ import annotations
 
@@ -26,10 +23,13 @@ from filelock import FileLock
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader
 
+from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError
-from lowrank_lab.models.teachers import INFO_FILE, Teacher, TeacherSettings
+from lowrank_lab.methods.finetune import FinetuneModule
+from lowrank_lab.methods.lr_schedules import warmup_linear
+from lowrank_lab.metrics.baseline import learned, trivial_baseline
+from lowrank_lab.teachers.settings import INFO_FILE, TeacherSettings
 
-REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
 
 
@@ -61,8 +61,6 @@ def _rebatch(loader: DataLoader, batch_size: int) -> DataLoader:
 
 def majority_baseline(task: Any, datamodule: Any) -> float | None:
     """The task metric on dev of the task's trivial predictor (majority class, constant mean, unigram LM)."""
-    from lowrank_lab.metrics.baseline import trivial_baseline
-
     tokenizer = getattr(datamodule, "tokenizer", None)
     vocab = len(tokenizer) if tokenizer is not None else None
     train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
@@ -73,9 +71,6 @@ def prepare(
     out: Path, base: torch.nn.Module, datamodule: Any, settings: TeacherSettings, trainer: dict, meta: dict
 ) -> dict[str, Any]:
     """Fine-tune every weight of a copy of `base` with AdamW + linear warm-up/decay; save to `out` atomically."""
-    from lowrank_lab.methods.finetune import FinetuneModule
-    from lowrank_lab.methods.optim import warmup_linear
-
     task, start = datamodule.task, time.perf_counter()
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     print(f"teacher: building {out} ({settings.recipe()})", file=sys.stderr, flush=True)
@@ -132,9 +127,6 @@ def prepare(
 
 def beats_baseline(metric: str, dev: float | None, baseline: float | None) -> bool | None:
     """Whether a teacher's dev score beats its baseline by the margin a job needs to count as learned."""
-    from lowrank_lab.data.task import TaskSpec
-    from lowrank_lab.metrics.baseline import learned
-
     if dev is None or baseline is None:
         return None
     task = TaskSpec(name="teacher", num_labels=0, metric=metric)
@@ -157,46 +149,3 @@ def check_quality(info: dict[str, Any], settings: TeacherSettings, where: str) -
     bar = "!" * 100
     print(f"{bar}\nWARNING: {msg}\n{bar}", file=sys.stderr, flush=True)
     log.warning(msg)
-
-
-def compose_run_parts(overrides: list[str], sad: bool = True) -> tuple[Any, Any, Teacher, Any]:
-    """Compose conf/ as run.py would (method=sad unless a method is given), build data, init and the teacher in
-    train.py's order (same random stream, so a random-init base matches the runs')."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from lowrank_lab.models.teachers import teacher_for_run
-
-    os.environ.setdefault("LOWRANK_LAB_ROOT", str(REPO))
-    if sad and not any(o.split("=", 1)[0].lstrip("+~") == "method" for o in overrides):
-        overrides = ["method=sad", *overrides]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    init = instantiate(cfg.init)
-    backbone = instantiate(cfg.model, num_labels=datamodule.task.num_labels)
-    teacher = teacher_for_run(cfg, backbone, datamodule, init)
-    if teacher is None:
-        raise LabError(f"method={cfg.method._target_}: has no `teacher` settings; use method=kd or method=sad")
-    return cfg, datamodule, teacher, init
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] != "prepare":
-        print("usage: python -m lowrank_lab.teachers prepare model=… data=… [method.teacher.…=…]", file=sys.stderr)
-        return 2
-    try:
-        _, _, teacher, _ = compose_run_parts(args[1:])
-    except LabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    keep = ("metric", "dev", "majority", "beats_majority", "steps", "train_seconds", "recipe")
-    print(json.dumps({"key": teacher.key, **{k: teacher.info.get(k) for k in keep}}, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
