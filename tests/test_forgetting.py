@@ -15,11 +15,11 @@ from scipy.stats import ortho_group
 from lowrank_lab.adapters import LoraSpec, wrap
 from lowrank_lab.data import DigitsClassificationDataModule, TextDataModule
 from lowrank_lab.methods.finetune import FinetuneModule
+from lowrank_lab.metrics.cka import linear_cka
 from lowrank_lab.metrics.forgetting import (
     ForgettingCallback,
     base_model,
     hidden_features,
-    linear_cka,
     load_mlm_head,
     mlm_loss,
     reference_perplexity,

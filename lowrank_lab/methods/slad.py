@@ -40,7 +40,7 @@ from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import bad_value
 from lowrank_lab.losses import KLDivergence, LogitMSE, kd_loss
 from lowrank_lab.methods.base import AdapterModule
-from lowrank_lab.metrics.cka import StreamingCKA, feature_rows
+from lowrank_lab.metrics.cka import LinearCKA, feature_rows
 from lowrank_lab.metrics.evaluators import build_evaluator
 from lowrank_lab.models.backbone import Backbone
 from lowrank_lab.teachers.pair import load_pair_teacher
@@ -135,7 +135,7 @@ class SLADModule(AdapterModule):
         self.evaluators = {f"{s}/{r}": build_evaluator(task, f"{s}/{r}_") for s in ("val", "test") for r in ROLES}
         self.val_metrics = nn.ModuleList(self.evaluators[f"val/{r}"].modules() for r in ROLES)
         self.test_metrics = nn.ModuleList(self.evaluators[f"test/{r}"].modules() for r in ROLES)
-        self.cka = StreamingCKA()
+        self.cka = LinearCKA(d_t, d_s)  # rows (teacher, student); a torchmetrics state, summed across ranks
         self._fit_start = 0.0
 
     @staticmethod
@@ -232,7 +232,7 @@ class SLADModule(AdapterModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
-        if self.cka.n:
+        if self.cka.update_called:
             self.log("align/cka", self.cka.compute().float())
         self.cka.reset()
 

@@ -1,35 +1,51 @@
-"""Feature alignment between two encoders (SLAD's `align/cka`): linear CKA streamed over validation batches."""
+"""Linear CKA between two representations, as a torchmetrics Metric streamed over batches: SLAD's `align/cka`
+(teacher vs student) and forgetting's `cka_drift` (adapted vs base)."""
 
 from __future__ import annotations
 
 import torch
+from torchmetrics import Metric
 
 
-class StreamingCKA:
-    """Linear CKA of row-aligned features streamed in chunks x (n, d1), y (n, d2): float64 running sums of Σx, Σy,
-    XᵀX, YᵀY, YᵀX; equals metrics.forgetting.linear_cka on the concatenated rows."""
+class LinearCKA(Metric):
+    """Linear CKA of row-aligned features streamed in chunks x (n, d1), y (n, d2):
+    CKA = ‖Ycᵀ Xc‖²_F / (‖Xcᵀ Xc‖_F ‖Ycᵀ Yc‖_F) with column-centred Xc, Yc, from float64 running sums of Σx, Σy,
+    XᵀX, YᵀY, YᵀX (summed across DDP ranks like any torchmetrics state). In [0, 1]; 1 for representations equal up
+    to rotation and isotropic scale."""
 
-    def __init__(self) -> None:
-        self.sums: list[torch.Tensor] | None = None
-        self.n = 0
+    full_state_update = False
 
-    @torch.no_grad()
+    def __init__(self, d1: int, d2: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        f64 = torch.float64
+        for name, shape in (("sx", (d1,)), ("sy", (d2,)), ("xx", (d1, d1)), ("yy", (d2, d2)), ("yx", (d2, d1))):
+            self.add_state(name, default=torch.zeros(shape, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("n", default=torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x, y = x.double(), y.double()
-            terms = [x.sum(0), y.sum(0), x.T @ x, y.T @ y, y.T @ x]
-        self.sums = terms if self.sums is None else [a + b for a, b in zip(self.sums, terms)]
-        self.n += x.shape[0]
+            x, y = x.detach().double(), y.detach().double()
+            self.sx += x.sum(0)
+            self.sy += y.sum(0)
+            self.xx += x.T @ x
+            self.yy += y.T @ y
+            self.yx += y.T @ x
+            self.n += x.shape[0]
 
     def compute(self) -> torch.Tensor:
-        sx, sy, xx, yy, yx = self.sums
-        cxx, cyy = xx - torch.outer(sx, sx) / self.n, yy - torch.outer(sy, sy) / self.n  # Xcᵀ Xc, Ycᵀ Yc
-        cyx = yx - torch.outer(sy, sx) / self.n  # Ycᵀ Xc: (d2, d1)
+        n = self.n.clamp_min(1.0)
+        cxx = self.xx - torch.outer(self.sx, self.sx) / n  # Xcᵀ Xc
+        cyy = self.yy - torch.outer(self.sy, self.sy) / n  # Ycᵀ Yc
+        cyx = self.yx - torch.outer(self.sy, self.sx) / n  # Ycᵀ Xc: (d2, d1)
         norm = torch.linalg.matrix_norm(cxx) * torch.linalg.matrix_norm(cyy)
         return cyx.pow(2).sum() / norm.clamp_min(torch.finfo(torch.float64).tiny)
 
-    def reset(self) -> None:
-        self.sums, self.n = None, 0
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA of all rows at once, x (n, d1), y (n, d2): a float64 scalar (LinearCKA over one chunk)."""
+    metric = LinearCKA(x.shape[1], y.shape[1]).to(x.device)
+    metric.update(x, y)
+    return metric.compute()
 
 
 def feature_rows(

@@ -16,19 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lowrank_lab.metrics.cka import linear_cka
+
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
-
-
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Linear CKA of row-aligned features x (n, d1), y (n, d2): ‖Ycᵀ Xc‖²_F / (‖Xcᵀ Xc‖_F ‖Ycᵀ Yc‖_F) with
-    column-centred Xc, Yc; in [0, 1], 1 for identical representations up to rotation and isotropic scale."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        xc = x.double() - x.double().mean(0, keepdim=True)
-        yc = y.double() - y.double().mean(0, keepdim=True)
-        cross = (yc.T @ xc).pow(2).sum()  # ‖Ycᵀ Xc‖²_F: (d2, d1)
-        norm = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
-        return cross / norm.clamp_min(torch.finfo(torch.float64).tiny)
 
 
 def _inputs(batch: Batch) -> Batch:

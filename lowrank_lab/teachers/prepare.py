@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError
 from lowrank_lab.methods.finetune import FinetuneModule
-from lowrank_lab.methods.lr_schedules import warmup_linear
+from lowrank_lab.methods.lr_schedules import schedule
 from lowrank_lab.metrics.baseline import learned, trivial_baseline
 from lowrank_lab.teachers.settings import INFO_FILE, TeacherSettings
 
@@ -83,7 +83,7 @@ def prepare(
             model,
             task,
             optimizer=partial(torch.optim.AdamW, lr=settings.lr, weight_decay=settings.weight_decay),
-            scheduler=partial(warmup_linear, warmup_ratio=settings.warmup_ratio),
+            scheduler=partial(schedule, name="linear", warmup_ratio=settings.warmup_ratio),
         )
         fit = L.Trainer(
             devices=1,

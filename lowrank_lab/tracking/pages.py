@@ -27,8 +27,9 @@ DIFFERENCES = {
         "The paper distils a fine-tuned RoBERTa-large teacher into RoBERTa-large LoRA students (r = 8) on the full "
         "GLUE training sets (six tasks), on GPUs. Here SST-2 only (a six-task, three-seed sweep needs ~3.6 h on this "
         "machine), the packaged all-MiniLM model, 2,000 training rows, 3 epochs, and one teacher (seed 0) fully "
-        "fine-tuned from the student's base on the same rows. We add an arm the paper does not have — KD-LoRA from SAD's spectral init — to separate the alignment "
-        "loss from the init. The reported split (test/) is GLUE's dev set, as in the paper. " + _COMMON
+        "fine-tuned from the student's base on the same rows. We add an arm the paper does not have — KD-LoRA "
+        "from SAD's spectral init — to separate the alignment loss from the init. The reported split (test/) is "
+        "GLUE's dev set, as in the paper. " + _COMMON
     ),
     "adapter_compare": (
         "The adapter papers (KaSA, DoRA, PiSSA, OLoRA) report RoBERTa / LLaMA results on full GLUE or instruction "
