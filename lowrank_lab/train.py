@@ -155,7 +155,7 @@ def _run(cfg: DictConfig) -> float | None:
             log_facts(cfg.logger.tracking_uri, run_id, {}, {"lowrank_lab.learned": str(did_learn).lower()})
         adapter_dir = job_dir / "adapter"
         if trainer.is_global_zero:  # a method that trains several encoders (SLAD) saves them all
-            getattr(module, "save_adapters", module.student.save_pretrained)(adapter_dir)
+            module.save_adapters(adapter_dir)
             save_init_offset(module.student, adapter_dir)  # init=gradient: the s·B₀A₀ it moved out of the base
             if OmegaConf.select(cfg, "save.merged", default=False):
                 save_merged(module.student, job_dir / "merged", getattr(datamodule, "tokenizer", None))

@@ -181,7 +181,8 @@ def test_configs_compose() -> None:
             assert cfg.init._target_.endswith(init) and cfg.peft.lora_r == 8 and cfg.method.kd_temperature == 4.0
         sweep = compose("config", overrides=["experiment=sad_glue"], return_hydra_config=True).hydra.sweeper.params
         arms = {"sad_glue_arm": "kd,kd_spectral,sad"}  # conf/sad_glue_arm: kd (B = 0), kd_spectral, sad
-        assert dict(sweep) == {"data": "sst2,mrpc,stsb,rte,cola,qnli", **arms, "seed": "0,1,2"}
+        assert dict(sweep) == {"data": "sst2", **arms, "seed": "0,1,2,3,4"}  # small scale: SST-2, 5 seeds
+        assert compose("config", overrides=["experiment=sad_glue"]).method.teacher.seed == 0  # one teacher
         arm = compose("config", overrides=["experiment=sad_glue", "sad_glue_arm=kd_spectral"])
         assert arm.method._target_.endswith("DistillationModule") and arm.init._target_.endswith("SpectralInit")
 

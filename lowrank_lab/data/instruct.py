@@ -10,7 +10,7 @@ from pathlib import Path
 from lowrank_lab.data.base import SplitDataModule, check_limits, load_tokenizer
 from lowrank_lab.data.collate import PadCollator
 from lowrank_lab.data.reference import reference_loader, reference_texts
-from lowrank_lab.data.sources import _read, cached
+from lowrank_lab.data.sources import _read, cached, source_id
 from lowrank_lab.data.task import GenerationProbe, TaskSpec, final_answer
 from lowrank_lab.errors import LabError, bad_value
 
@@ -89,14 +89,13 @@ class InstructDataModule(SplitDataModule):
         if where.is_file():
             rows = _read(where, None).to_dict("records")
             cut = max(1, len(rows) // 10)
-            return rows[:-cut], rows[-cut:], f"{where}:{where.stat().st_size}"
+            return rows[:-cut], rows[-cut:], source_id(where)
         if where.is_dir():
             train = next((where / f"train{s}" for s in SUFFIXES if (where / f"train{s}").exists()), None)
             val = next((where / f"{n}{s}" for n in VAL_STEMS for s in SUFFIXES if (where / f"{n}{s}").exists()), None)
             if train is None or val is None:
                 raise bad_value("data.path", str(where), f"a folder with train and val/test files ending in {SUFFIXES}")
-            stat = f"{train}:{train.stat().st_size}:{val.stat().st_size}"
-            return _read(train, None).to_dict("records"), _read(val, None).to_dict("records"), stat
+            return _read(train, None).to_dict("records"), _read(val, None).to_dict("records"), source_id(train, val)
         return self._hub_rows(where)
 
     def _hub_rows(self, where: Path) -> tuple[list[dict], list[dict], str]:

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, default_collate
 
 from lowrank_lab.data.base import SplitDataModule, check_limits, load_tokenizer
 from lowrank_lab.data.reference import reference_loader, reference_texts
-from lowrank_lab.data.sources import cached
+from lowrank_lab.data.sources import cached, source_id
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError, bad_value
 
@@ -76,7 +76,7 @@ class TextDataModule(SplitDataModule):
         if self.splits:
             return
         self.tokenizer = load_tokenizer(self.tokenizer_name)
-        key = ("lm_text", str(self.file), self.file.stat().st_size, self.tokenizer_name)
+        key = ("lm_text", source_id(self.file), self.tokenizer_name)  # by content: an edited file is tokenised again
         text = self.file.read_text(encoding="utf-8")
         ids = cached(self.data_dir / "cache", key, lambda: torch.tensor(self.tokenizer(text)["input_ids"]))
         cut = int(len(ids) * (1.0 - self.val_fraction))

@@ -1,18 +1,16 @@
 """Read labelled text tables (GLUE TSV, csv, json/jsonl, parquet) or the hub, and tokenise them once per
-(tokenizer, max_length, rows) into a cache file that parallel sweep jobs share."""
+(file contents, tokenizer, max_length, rows) into a cache file that parallel sweep jobs share."""
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lowrank_lab.cache import file_digest, get_or_build, key_digest
 from lowrank_lab.errors import LabError, bad_value
 
 SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
@@ -51,6 +49,12 @@ def _find(folder: Path, split: str) -> Path | None:
             if (folder / f"{stem}{suffix}").exists():
                 return folder / f"{stem}{suffix}"
     return None
+
+
+def source_id(*files: Path) -> str:
+    """`<path>@<hash of its bytes>` per file: names the source in messages and keys the tokenisation cache by
+    content (a file rewritten at the same size with other labels gets fresh tokens)."""
+    return " + ".join(f"{f}@{file_digest(f)[:16]}" for f in files)
 
 
 def _label(value: Any, label_map: dict[str, int] | None, regression: bool, num_labels: int) -> int | float | None:
@@ -119,15 +123,14 @@ def load_table(
         train_file, dev_file = _find(path, "train"), _find(path, "dev")
         if train_file is None or dev_file is None:
             raise bad_value(key, str(path), f"a folder with train and dev files ending in {SUFFIXES}")
-        stat = f"{train_file}:{train_file.stat().st_size}:{dev_file.stat().st_size}"
         train = _records(_read(train_file, names, key), *layout, train_file, *task)
         dev = _records(_read(dev_file, names, key), *layout, dev_file, *task)
-        return train, dev, stat
+        return train, dev, source_id(train_file, dev_file)
     if path.suffix not in SUFFIXES:
         raise bad_value(key, str(path), f"a file ending in one of {SUFFIXES} or a folder of them")
     rows = _records(_read(path, names, key), *layout, path, *task)
     cut = max(1, len(rows) // 10)
-    return rows[:-cut], rows[-cut:], f"{path}:{path.stat().st_size}"
+    return rows[:-cut], rows[-cut:], source_id(path)
 
 
 def load_hub_glue(task: str) -> tuple[list[dict], list[dict], str]:
@@ -145,21 +148,15 @@ def load_hub_glue(task: str) -> tuple[list[dict], list[dict], str]:
 
 
 def cached(cache_dir: Path, key: tuple, build: Callable[[], Any]) -> Any:
-    """`build()` once per `key` (tokenised splits, generated images) into a cache file that sweep jobs share."""
-    digest = hashlib.sha1(repr(key).encode()).hexdigest()[:16]
-    cache = cache_dir / f"tok-{digest}.pt"
-    if cache.exists():
-        try:
-            return torch.load(cache, weights_only=True)
-        except Exception:
-            pass  # a corrupt cache file is rebuilt below
-    out = build()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    os.close(fd)
-    torch.save(out, tmp)
-    os.replace(tmp, cache)  # atomic: parallel jobs never read a half-written file
-    return out
+    """`build()` once per `key` (tokenised splits) into `<cache_dir>/tok-<hash of key>.pt`, which sweep jobs share;
+    `key` names the data by content (source_id), so a rewritten file is tokenised again."""
+    return get_or_build(
+        cache_dir / f"tok-{key_digest(key)}.pt",
+        build,
+        load=lambda path: torch.load(path, weights_only=True),
+        save=torch.save,
+        what="tokenised data",
+    )
 
 
 def tokenize_cached(

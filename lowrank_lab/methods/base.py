@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -99,6 +100,12 @@ class AdapterModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.evaluators["test"].compute())
         self.evaluators["test"].reset()
+
+    # ----- saving ---------------------------------------------------------------------------------------
+    def save_adapters(self, directory: str | Path) -> None:
+        """The job's `adapter/` dir: the student's peft adapter. A method that trains several encoders (SLAD)
+        overrides this one hook."""
+        self.student.save_pretrained(str(directory))
 
     # ----- optimisation --------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -4,15 +4,14 @@ The ONNX route rebuilds a BertModel from sentence-transformers' export (MiniLM-L
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from lowrank_lab.cache import atomic_write, get_or_build
 from lowrank_lab.errors import LabError, bad_value
 from lowrank_lab.models.resolve import models_dir, package_file
 
@@ -118,21 +117,20 @@ def converted(name: str) -> Path:
     if name not in CONVERSIONS:
         raise bad_value("model.name_or_path", f"convert:{name}", f"convert:<one of {sorted(CONVERSIONS)}>")
     target = models_dir() / name
-    if (target / ".complete").exists():
-        return target
-    from filelock import FileLock
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / ".complete").exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-        try:
-            CONVERSIONS[name](tmp)
-            (tmp / ".complete").touch()
-            tmp.chmod(0o755)  # mkdtemp makes it private
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    def convert(tmp: Path) -> None:
+        CONVERSIONS[name](tmp)
+        (tmp / ".complete").touch()
+
+    def build() -> Path:
+        atomic_write(target, convert, directory=True)
+        return target
+
+    return get_or_build(target, build, load=_complete, what="converted model")
+
+
+def _complete(folder: Path) -> Path:
+    """`folder` when its conversion finished (it holds `.complete`); raises otherwise (it is then converted again)."""
+    if not (folder / ".complete").exists():
+        raise FileNotFoundError(f"no .complete marker in {folder}")
+    return folder

@@ -7,10 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lowrank_lab.cache import atomic_write, get_or_build
 from lowrank_lab.errors import bad_value
 from lowrank_lab.models.resolve import models_dir
 
@@ -156,27 +154,25 @@ def pretrained(name: str, recipe: Recipe | None = None) -> Path:
     jobs build it once). `recipe` overrides the registered one (tests, ablations)."""
     target = pretrained_dir(name, recipe)  # one line for an unknown name
     recipe = recipe or RECIPES[name]
-    if not (target / INFO_FILE).exists():
-        from filelock import FileLock
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(target) + ".lock"):
-            if not (target / INFO_FILE).exists():
-                tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-                try:
-                    info = train(recipe, tmp, name)
-                    tmp.chmod(0o755)  # mkdtemp makes it private
-                    shutil.rmtree(target, ignore_errors=True)
-                    os.replace(tmp, target)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                print(
-                    f"pretrain: built {target} in {info['train_seconds']}s "
-                    f"(source {recipe.source} train accuracy {info['source_train_accuracy']:.3f})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    return target
+    def build() -> Path:
+        info: dict[str, Any] = {}
+        atomic_write(target, lambda tmp: info.update(train(recipe, tmp, name)), directory=True)
+        print(
+            f"pretrain: built {target} in {info['train_seconds']}s "
+            f"(source {recipe.source} train accuracy {info['source_train_accuracy']:.3f})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return target
+
+    return get_or_build(target, build, load=_trained, what="pretrained base")
+
+
+def _trained(folder: Path) -> Path:
+    """`folder` when its pre-training finished (a readable pretrain.json); raises otherwise (it is built again)."""
+    json.loads((folder / INFO_FILE).read_text())
+    return folder
 
 
 def with_overrides(name: str, **changes: Any) -> Recipe:

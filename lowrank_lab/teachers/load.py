@@ -78,10 +78,10 @@ def teacher_for_run(cfg: DictConfig, backbone: Any, datamodule: Any, init: Any =
     needs_init = bool(getattr(init, "needs_teacher", False))
     if OmegaConf.select(cfg, "method.teacher") is None and not needs_init:
         return None
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import instantiate
 
     settings = settings_from(cfg)
-    sad = needs_init or bool(getattr(get_class(cfg.method._target_), "needs_sad_teacher", False))
+    sad = needs_init or settings.weight_delta  # declared by the method's config (method/sad.yaml) or the init
     names = adapted_module_names(backbone.model, instantiate(cfg.peft), backbone)
     if sad and not names:
         raise bad_value(
@@ -145,7 +145,10 @@ def _saved_teacher(
             "a teacher must share the student's tokenizer",
         )
     info_file = Path(path) / INFO_FILE
-    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    try:
+        info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    except (OSError, ValueError) as err:  # a truncated teacher.json: not ours to rebuild
+        raise bad_value(key, settings.name_or_path, f"a readable {INFO_FILE} ({type(err).__name__}: {err})") from None
     delta = weight_delta(model, backbone.model, names)
     if delta is not None and not _same_base(delta, backbone.model, info):
         delta = None

@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from safetensors.torch import load_file, save_file
+
+from lowrank_lab.cache import atomic_write, get_or_build
 
 SKIP = ("labels",)
 
@@ -74,11 +75,12 @@ class LogitCache:
 
     def save(self, path: Path) -> None:
         """Atomic write (temp file + rename) so a reader never sees half a file."""
+        atomic_write(path, self._write)
+
+    def _write(self, path: Path) -> None:
         keys = torch.tensor(list(self.index), dtype=torch.int64)
         rows = torch.tensor(list(self.index.values()), dtype=torch.long)
-        tmp = path.with_name(f"{path.name}.tmp")
-        save_file({"keys": keys, "logits": self.logits[rows].contiguous()}, str(tmp))
-        tmp.replace(path)
+        save_file({"keys": keys, "logits": self.logits[rows].contiguous()}, str(path))
 
     @staticmethod
     def load(path: Path) -> LogitCache:
@@ -90,16 +92,15 @@ def cached_logits(teacher: torch.nn.Module, batches: Iterable[dict], path: Path 
     """The cache at `path`, built (once, under a cross-process lock) when missing or unreadable."""
     if path is None:
         return LogitCache.build(teacher, batches)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            try:
-                cache = LogitCache.load(path)
-                print(f"teacher logits: cached {path} ({len(cache)} examples)", file=sys.stderr, flush=True)
-                return cache
-            except Exception as err:  # a truncated or corrupt file: rebuild it
-                print(f"warning: teacher logits cache {path} unreadable ({err}); rebuilding", file=sys.stderr)
+
+    def load(path: Path) -> LogitCache:
+        cache = LogitCache.load(path)
+        print(f"teacher logits: cached {path} ({len(cache)} examples)", file=sys.stderr, flush=True)
+        return cache
+
+    def build() -> LogitCache:
         cache = LogitCache.build(teacher, batches)
-        cache.save(path)
         print(f"teacher logits: built {path} ({len(cache)} examples)", file=sys.stderr, flush=True)
         return cache
+
+    return get_or_build(path, build, load, save=lambda cache, tmp: cache._write(tmp), what="teacher logits")

@@ -1,6 +1,7 @@
 """Teacher preparation: fully fine-tune a copy of the student's base on the task (method=finetune, peft=none),
-score it on dev against the trivial baseline and save it (safetensors + teacher.json). Done once per cache key:
-parallel sweep jobs that need the same teacher wait on a file lock and then load it."""
+score it on dev against the trivial baseline and save it (safetensors + teacher.json). Done once per cache key
+(lowrank_lab.cache): parallel sweep jobs that need the same teacher wait on a file lock and then load it; a cached
+teacher with a truncated json or weights file is prepared again."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from filelock import FileLock
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader
 
+from lowrank_lab.cache import atomic_write, get_or_build
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError
 from lowrank_lab.methods.finetune import FinetuneModule
@@ -36,14 +37,21 @@ log = logging.getLogger(__name__)
 def ensure_prepared(
     out: Path, base: torch.nn.Module, datamodule: Any, settings: TeacherSettings, trainer: dict, meta: dict
 ) -> dict[str, Any]:
-    """The info of the teacher at `out`, preparing it first if missing (under a lock: built once)."""
-    info_file = out / INFO_FILE
-    if not info_file.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(out) + ".lock"):
-            if not info_file.exists():  # another job may have built it while we waited
-                return prepare(out, base, datamodule, settings, trainer, meta)
-    info = json.loads(info_file.read_text())
+    """The info of the teacher at `out`, preparing it first if missing or unreadable (under a lock: built once)."""
+    build = lambda: prepare(out, base, datamodule, settings, trainer, meta)  # noqa: E731
+    return get_or_build(out, build, load=_cached_info, what="teacher")
+
+
+def _cached_info(out: Path) -> dict[str, Any]:
+    """teacher.json of the teacher at `out`; raises if it or another json / safetensors file there is truncated."""
+    from safetensors import safe_open
+
+    for path in out.glob("*.json"):
+        json.loads(path.read_text())
+    for path in out.glob("*.safetensors"):
+        with safe_open(str(path), "pt"):  # checks the header against the file's size
+            pass
+    info = json.loads((out / INFO_FILE).read_text())
     print(f"teacher: cached {out} (dev {info['metric']}={info['dev']:.4f})", file=sys.stderr, flush=True)
     return info
 
@@ -72,7 +80,7 @@ def prepare(
 ) -> dict[str, Any]:
     """Fine-tune every weight of a copy of `base` with AdamW + linear warm-up/decay; save to `out` atomically."""
     task, start = datamodule.task, time.perf_counter()
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    scratch = out.with_name(f".{out.name}.fit-{os.getpid()}")  # Lightning's root dir; nothing in it is kept
     print(f"teacher: building {out} ({settings.recipe()})", file=sys.stderr, flush=True)
     with isolate_rng():  # the run's own random stream is the same whether the teacher was cached or built
         random.seed(settings.seed)
@@ -94,7 +102,7 @@ def prepare(
             enable_progress_bar=True,  # several minutes for a GLUE task on a CPU: show them
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            default_root_dir=str(tmp),
+            default_root_dir=str(scratch),
             **trainer,
         )
         fit.fit(module, train_dataloaders=_rebatch(datamodule.train_dataloader(), settings.batch_size))
@@ -109,13 +117,15 @@ def prepare(
         **meta,
     }
     info["beats_majority"] = beats_baseline(task.metric, info["dev"], majority)
-    model.cpu().save_pretrained(tmp)  # safetensors
-    if getattr(datamodule, "tokenizer", None) is not None:
-        datamodule.tokenizer.save_pretrained(tmp)  # the dir is a loadable model for method=kd elsewhere
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
-    if out.exists():
-        shutil.rmtree(out)  # a half-built dir without teacher.json
-    tmp.rename(out)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
+        model.cpu().save_pretrained(tmp)  # safetensors
+        if getattr(datamodule, "tokenizer", None) is not None:
+            datamodule.tokenizer.save_pretrained(tmp)  # the dir is a loadable model for method=kd elsewhere
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+
+    atomic_write(out, write, directory=True)  # replaces an unreadable teacher there
     print(
         f"teacher: built {out} in {info['train_seconds']}s "
         f"(dev {task.metric}={info['dev']:.4f}, majority class {'n/a' if majority is None else f'{majority:.4f}'})",

@@ -32,10 +32,11 @@ class TeacherSettings:
     warmup_ratio: float = 0.1
     max_steps: int = -1
     require_better_than_majority: bool = True
+    weight_delta: bool = False  # the method needs ΔW = W_T − W_base (SAD): a teacher fine-tuned from the student's base
 
     def recipe(self) -> dict[str, Any]:
         """The fields that change the prepared weights (part of the cache key)."""
-        skip = {"name_or_path", "cache_dir", "require_better_than_majority"}
+        skip = {"name_or_path", "cache_dir", "require_better_than_majority", "weight_delta"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 

@@ -1,18 +1,18 @@
 """The spectral-target cache of a SAD-style teacher: per adapted layer u_target, sigma_weighted, sigma_target
 (the math is lowrank_lab.spectral.extract), computed from the task's training inputs and saved as one safetensors
-file per teacher + data + rank + n_calib under `<cache_dir>/targets/`, so parallel jobs compute it once."""
+file per teacher + data + rank + n_calib under `<cache_dir>/targets/`, so parallel jobs compute it once
+(lowrank_lab.cache: lock, atomic write, an unreadable file recomputed)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from torch import nn
 
+from lowrank_lab.cache import get_or_build
 from lowrank_lab.spectral.calibrate import collect_inputs
 from lowrank_lab.spectral.extract import spectral_targets
 from lowrank_lab.teachers.settings import digest
@@ -27,24 +27,18 @@ def targets_path(cache_dir: Path, key: str, data_key: Any, names: list[str], ran
 
 
 def save_targets(targets: Targets, path: Path) -> None:
-    """One safetensors file, keys `<module>::<field>`; written atomically (parallel jobs never read half a file)."""
+    """One safetensors file, keys `<module>::<field>` (cached_targets writes it to a temp file, then renames it)."""
     from safetensors.torch import save_file
 
-    tmp = path.with_suffix(".tmp")
-    save_file({f"{n}::{f}": t.contiguous() for n, fields in targets.items() for f, t in fields.items()}, str(tmp))
-    tmp.replace(path)
+    save_file({f"{n}::{f}": t.contiguous() for n, fields in targets.items() for f, t in fields.items()}, str(path))
 
 
-def load_targets(path: Path) -> Targets | None:
-    """What save_targets wrote, or None for an unreadable file (it is then recomputed)."""
+def load_targets(path: Path) -> Targets:
+    """What save_targets wrote; raises for an unreadable file."""
     from safetensors.torch import load_file
 
-    try:
-        flat = load_file(str(path))
-    except Exception:
-        return None
     out: Targets = {}
-    for key, t in flat.items():
+    for key, t in load_file(str(path)).items():
         name, field = key.rsplit("::", 1)
         out.setdefault(name, {})[field] = t
     return out
@@ -72,12 +66,6 @@ def extract_targets(
 
 def cached_targets(path: Path | None, compute: Callable[[], Targets]) -> Targets:
     """The targets at `path`, computed (under a cross-process lock) and saved when missing or unreadable."""
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock") if path else contextlib.nullcontext():
-        result = load_targets(path) if path and path.exists() else None
-        if result is None:
-            result = compute()
-            if path is not None:
-                save_targets(result, path)
-    return result
+    if path is None:
+        return compute()
+    return get_or_build(path, compute, load_targets, save_targets, what="spectral targets")

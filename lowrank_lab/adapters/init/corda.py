@@ -7,6 +7,8 @@ builds the layers, so it runs in `wrap`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ from peft.tuners.lora.corda import preprocess_corda, target_modules
 
 from lowrank_lab.adapters.init.base import Initializer
 from lowrank_lab.adapters.init.calibration import cache_file, calibration_samples, target_modules_key
+from lowrank_lab.cache import atomic_write, get_or_build
 from lowrank_lab.errors import bad_value
 
 
@@ -44,8 +47,6 @@ class CordaInit(Initializer):
         samples = calibration_samples(self.require_data(datamodule), self.num_samples, model)
         settings = {"method": self.corda_method, "r": config.r, "targets": target_modules_key(config)}
         path = cache_file(self.cache_dir, "corda", model, samples, settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        config.corda_config.cache_file = str(path)  # also recorded in adapter_config.json, for `load_adapter`
 
         def run_model() -> None:
             # peft's covariance hook takes one example per forward, (1, T, d) -> (T, d); a layer fed (1, d) (a pooler)
@@ -58,7 +59,14 @@ class CordaInit(Initializer):
                 for handle in handles:
                     handle.remove()
 
-        preprocess_corda(model, config, run_model=None if path.exists() else run_model)
+        def preprocess(cache: Path, run: Callable[[], None] | None) -> None:
+            """peft's pass: eigen-factors onto the target modules, read from `cache` (run=None) or written there."""
+            config.corda_config.cache_file = str(cache)
+            preprocess_corda(model, config, run_model=run)
+
+        build = lambda: atomic_write(path, lambda tmp: preprocess(tmp, run_model))  # noqa: E731
+        get_or_build(path, build, load=lambda cache: preprocess(cache, None), what="CorDA init")
+        config.corda_config.cache_file = str(path)  # also recorded in adapter_config.json, for `load_adapter`
         return get_peft_model(model, config)
 
 

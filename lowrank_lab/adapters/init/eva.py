@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from lowrank_lab.adapters.init.base import Initializer
 from lowrank_lab.adapters.init.calibration import cache_file, calibration_batches, target_modules_key
+from lowrank_lab.cache import get_or_build
 from lowrank_lab.errors import LabError, bad_value
 
 
@@ -57,13 +58,15 @@ class EvaInit(Initializer):
         config = model.peft_config["default"]
         settings = {"eva": vars(self.eva_config), "r": config.r, "targets": target_modules_key(config)}
         path = cache_file(self.cache_dir, "eva", model, batches, settings)
-        if path.exists():
-            state = {k: v.to(batches[0]["input_ids"].device) for k, v in load_file(path).items()}
-        else:
-            state = self._eva_state_dict(model, batches)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in state.items()}, path)
-        initialize_lora_eva_weights(model, eva_state_dict=state)
+        state = get_or_build(
+            path,
+            lambda: self._eva_state_dict(model, batches),
+            load=load_file,
+            save=lambda state, tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp)),
+            what="EVA init",
+        )
+        device = batches[0]["input_ids"].device
+        initialize_lora_eva_weights(model, eva_state_dict={k: v.to(device) for k, v in state.items()})
 
     def _eva_state_dict(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """peft's incremental SVD, cycling over `batches` until every layer converges; a layer that can never get

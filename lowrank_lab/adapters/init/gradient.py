@@ -21,7 +21,6 @@ reproduced on reload from `<adapter dir>/init_offset.safetensors` (B₀, A₀, s
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import warnings
@@ -31,7 +30,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from filelock import FileLock
 from peft import LoraConfig, LoraGAConfig, get_peft_model
 from peft.tuners.lora import preprocess_loraga
 from peft.tuners.lora.loraga import get_target_modules
@@ -41,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from lowrank_lab.adapters.init.base import INIT_SEED, Initializer
+from lowrank_lab.cache import atomic_write, get_or_build
 from lowrank_lab.errors import LabError, bad_value
 
 DIRECTIONS = ("LoRA-FA", "LoRA-One", "ArB2r", "A2rBr", "ArBr")
@@ -178,7 +177,6 @@ class GradientInit(Initializer):
 
             settings = {"bsz": self.bsz, "iters": self.iters, "seed": self.seed, "targets": target_modules_key(config)}
             path = cache_file(self.cache_dir, "gradient", model, batches, settings)
-            path.parent.mkdir(parents=True, exist_ok=True)
         targets = dict(get_target_modules(model, config))
 
         def train_step() -> None:  # peft runs this under enable_grad with only the target weights requiring grad
@@ -197,8 +195,13 @@ class GradientInit(Initializer):
                     for handle in handles:
                         handle.remove()
 
-        with FileLock(str(path) + ".lock") if path is not None else contextlib.nullcontext():
-            preprocess_loraga(model, config, train_step, cache_file=str(path) if path else None)
+        def preprocess(cache: Path | None) -> None:  # G per target (`_peft_loraga_grad`), read from / saved to cache
+            preprocess_loraga(model, config, train_step, cache_file=None if cache is None else str(cache))
+
+        if path is None:
+            preprocess(None)
+        else:  # peft saves to a fresh temp file (empty: it runs the pass), renamed onto the cache file after
+            get_or_build(path, lambda: atomic_write(path, preprocess), load=preprocess, what="LoRA-GA gradients")
         config.lora_ga_config = None
         return get_peft_model(model, config)
 
