@@ -25,7 +25,7 @@ from lowrank_lab.metrics.baseline import datamodule_baseline, learned
 from lowrank_lab.summary import print_summary
 from lowrank_lab.teachers.load import teacher_for_run
 from lowrank_lab.tracking.loggers import build_loggers
-from lowrank_lab.validate import validate
+from lowrank_lab.validate import check_resume, validate
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -96,6 +96,8 @@ def _run(cfg: DictConfig) -> float | None:
     baseline = datamodule_baseline(datamodule, report_split)  # the trivial predictor on the split we report
     spec, init = instantiate(cfg.peft), instantiate(cfg.init)
     ckpt = resolve_checkpoint(cfg.get("ckpt_path"), job_dir)
+    if ckpt and cfg.get("ckpt_path") in (None, "last"):  # this job dir's own checkpoint: the same config only
+        check_resume(cfg, job_dir)
     if ckpt:
         print(f"resuming from {ckpt}", file=sys.stderr, flush=True)
     backbone = instantiate(cfg.model, num_labels=datamodule.task.num_labels)

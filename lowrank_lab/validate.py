@@ -92,3 +92,42 @@ def check_epochs(cfg: DictConfig) -> None:
             f"an integer > method.teacher_epochs={teacher_epochs} (training=sequential: the teacher alone for "
             f"{teacher_epochs} epoch(s), then the student)",
         )
+
+
+# where a resumed job may differ from the attempt that wrote its checkpoint: how it runs and logs, not what it trains
+RESUME_FREE = ("logger", "paths", "threads", "extras", "ckpt_path", "resume_check", "callbacks", "hydra")
+RESUME_FREE_TRAINER = (  # + max_epochs / max_steps: train an ended job longer
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "enable_progress_bar",
+    "log_every_n_steps",
+    "max_epochs",
+    "max_steps",
+)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def check_resume(cfg: DictConfig, job_dir: Path) -> None:
+    """A job dir resumed from its checkpoint must be resumed with the config that wrote it (its
+    `resolved_config.yaml`), up to launcher/logging keys; `resume_check=false` resumes anyway."""
+    saved_file = job_dir / "resolved_config.yaml"
+    if not cfg.get("resume_check", True) or not saved_file.is_file():
+        return
+    saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_file), resolve=False))
+    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    free = lambda key: key.split(".")[0] in RESUME_FREE or key in {f"trainer.{k}" for k in RESUME_FREE_TRAINER}  # noqa: E731
+    changed = sorted(k for k in saved.keys() | now.keys() if not free(k) and saved.get(k) != now.get(k))
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise LabError(
+            f"{key}={now.get(key)!r}: this job dir was trained with {key}={saved.get(key)!r}{more}; resuming it "
+            f"with another config is refused (pass resume_check=false to resume anyway, or use a new job dir)"
+        )

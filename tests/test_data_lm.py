@@ -37,7 +37,9 @@ def test_instruct_loss_masked_to_response_token_by_token(data_dir: Path) -> None
         prompt_len = int((labels[:n] == -100).sum())
         assert (labels[:prompt_len] == -100).all() and (labels[prompt_len:n] != -100).all()  # one prompt span
         assert torch.equal(labels[prompt_len:n], ids[prompt_len:n])  # response tokens are their own targets
-        assert "### Instruction:" in tok.decode(ids[:prompt_len]) and "### Response:" in tok.decode(ids[:prompt_len])
+        prompt = tok.decode(ids[:prompt_len])
+        assert "### Response:" in prompt  # a prompt cut to fit max_length keeps its end (the response marker)
+        assert "### Instruction:" in prompt or n == dm.max_length
         assert "### Response:" not in tok.decode(ids[prompt_len:n])
         checked += 1
     assert checked == 4

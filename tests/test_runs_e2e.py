@@ -114,3 +114,55 @@ def test_killed_run_exits_non_zero_and_its_mlflow_run_failed(tmp_path: Path) -> 
             proc.kill()
     (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FAILED"
+
+
+def test_sigterm_mid_epoch_then_resume_continues_exactly(tmp_path: Path) -> None:
+    """Killed after step 5 of 2 × 4 (epoch 1, its 2nd batch) and resumed: the same steps, losses and adapter as an
+    uninterrupted run, with dropout on (the RNG states are in the checkpoint) and a decaying LR."""
+    tiny = [
+        "model=tiny-bert", "trainer=debug", "data.max_length=32", "threads=1", "trainer.max_epochs=2",
+        "method.scheduler.name=linear", "+model.config_overrides.hidden_dropout_prob=0.3",
+    ]  # fmt: skip
+    full = run_cli(tiny, tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    job = tmp_path / "job"
+    kill = ["+callbacks.kill._target_=tests.signal_at.SignalAtStep", "+callbacks.kill.step=5"]
+    killed = run_cli([*tiny, *kill, f"hydra.run.dir={job}"], tmp_path / "split")
+    assert killed.returncode == 143, killed.stderr[-3000:]
+    assert (job / "checkpoints" / "last.ckpt").exists()
+    resumed = run_cli([*tiny, f"hydra.run.dir={job}"], tmp_path / "split")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    assert sorted(p.name for p in (job / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]  # one, overwritten
+
+    from mlflow.tracking import MlflowClient
+
+    histories = []
+    for out in ("full", "split"):
+        client, (run,) = MlflowClient(f"sqlite:///{tmp_path / out / 'mlflow.db'}"), mlflow_runs(tmp_path / out)
+        points = client.get_metric_history(run.info.run_id, "train/loss")
+        histories.append({m.step: m.value for m in points})
+    assert sorted(histories[0]) == list(range(8)), histories[0]  # log_every_n_steps=1: 2 epochs × 4 batches
+    assert histories[1] == histories[0]  # every step once, each with the uninterrupted run's loss
+
+    from safetensors.torch import load_file
+
+    (full_job,) = (tmp_path / "full" / "runs").glob("*/*")
+    a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (full_job, job))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_resuming_a_job_dir_with_another_config_is_refused(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    first = run_cli([*TINY, "trainer.max_epochs=1", f"hydra.run.dir={job}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = (job / "resolved_config.yaml").read_text()
+    other = run_cli([*TINY, "trainer.max_epochs=1", "method.optimizer.lr=0.01", f"hydra.run.dir={job}"], tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-3000:]
+    (line,) = [x for x in other.stderr.splitlines() if x.startswith("error:")]
+    assert "method.optimizer.lr=0.01" in line and "resume_check=false" in line
+    assert (job / "resolved_config.yaml").read_text() == before  # nothing of the first attempt overwritten
+    forced = run_cli([*TINY, "trainer.max_epochs=1", "method.optimizer.lr=0.01", "resume_check=false",
+                      f"hydra.run.dir={job}"], tmp_path)  # fmt: skip
+    assert forced.returncode == 0, forced.stderr[-3000:]

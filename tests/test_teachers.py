@@ -169,3 +169,15 @@ def test_mismatched_teacher_is_one_line_exit_2(tmp_path: Path, method: str, conf
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and mlflow_runs(tmp_path / "out") == []
+
+
+def test_one_teacher_serves_every_student_seed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The student's task head is drawn from the run's seed; the teacher redraws it from `method.teacher.seed`, so
+    students of seeds 1 and 2 share one cached teacher."""
+    minilm = ["model=minilm", "data.train_limit=64", "data.val_limit=32", "method.teacher.max_steps=1"]
+    minilm += ["method.teacher.require_better_than_majority=false", "method.teacher.seed=0"]
+    minilm += [f"paths.output_dir={tmp_path}", f"paths.data_dir={DATA_DIR}"]
+    first = cli.compose_run_parts([*minilm, "seed=1"])[2]
+    assert "teacher: building" in capsys.readouterr().err
+    second = cli.compose_run_parts([*minilm, "seed=2"])[2]
+    assert "teacher: cached" in capsys.readouterr().err and second.key == first.key

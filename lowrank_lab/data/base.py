@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lowrank_lab.data.sampler import train_loader
 from lowrank_lab.errors import bad_value
 
 
@@ -44,30 +45,27 @@ class SplitDataModule(L.LightningDataModule):
         self.splits: dict[str, Any] = {}
         self.collate: Callable[[list[dict]], dict[str, torch.Tensor]] | None = None
 
-    def _loader(self, data: Dataset | list, size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+    def _loader(self, data: Dataset | list, size: int) -> DataLoader:
         return DataLoader(
             data,
             batch_size=size,
-            shuffle=shuffle,
-            generator=generator,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["train"], self.batch_size, shuffle=True)
+        return train_loader(self.splits["train"], self.batch_size, self.seed, self.collate, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["val"], self.eval_batch_size, shuffle=False)
+        return self._loader(self.splits["val"], self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.splits["test"], self.eval_batch_size, shuffle=False)
+        return self._loader(self.splits["test"], self.eval_batch_size)
 
     def reference_dataloader(self) -> DataLoader:
         """Model inputs (no labels) of the reference set used by `metrics.forgetting`."""
         val = self.splits["val"]
         count = min(len(val), self.reference_examples)
         rows = [{k: v for k, v in val[i].items() if k != "labels"} for i in range(count)]
-        return self._loader(rows, self.eval_batch_size, shuffle=False)
+        return self._loader(rows, self.eval_batch_size)

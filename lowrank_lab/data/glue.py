@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from lowrank_lab.data.base import check_limits
 from lowrank_lab.data.collate import PadCollator
-from lowrank_lab.data.sampler import EpochShuffleSampler
+from lowrank_lab.data.sampler import train_loader
 from lowrank_lab.data.sources import load_table, tokenize_cached
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError, bad_value
@@ -163,31 +163,25 @@ class GlueDataModule(L.LightningDataModule):
             )
         self.collate = PadCollator(self.tokenizer.pad_token_id, regression=self.task.regression)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        data = self.splits[split]
+    def _loader(self, split: str) -> DataLoader:
         return DataLoader(
-            data,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            sampler=self._sampler(data) if shuffle else None,
+            self.splits[split],
+            batch_size=self.eval_batch_size,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
-    def _sampler(self, data: list[dict]) -> EpochShuffleSampler:
-        if not self.group_by_length:
-            return EpochShuffleSampler(len(data), self.seed)
-        lengths = [len(row["input_ids"]) for row in data]
-        return EpochShuffleSampler(len(data), self.seed, lengths=lengths, batch_size=self.batch_size)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        data = self.splits["train"]
+        lengths = [len(row["input_ids"]) for row in data] if self.group_by_length else None
+        return train_loader(data, self.batch_size, self.seed, self.collate, self.num_workers, lengths)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def reference_dataloader(self, num: int = 64) -> DataLoader:
         """General text held out from every task (the end of tiny-shakespeare) for `metrics.forgetting`; the dev

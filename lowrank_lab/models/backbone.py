@@ -68,6 +68,7 @@ class Backbone:
     modules_to_save: list[str] = field(default_factory=list)  # trained in full next to the adapter (vision heads)
     teacher: dict[str, Any] | None = None  # the `model.teacher` sub-node: lowrank_lab.teachers.pair loads it
     image_size: int | None = None
+    fresh: list[str] = field(default_factory=list)  # parameters not in the checkpoint: initialised from the seed
 
 
 def _vocab_overrides(tokenizer: str) -> dict[str, Any]:
@@ -125,12 +126,17 @@ def load_backbone(
         overrides["num_labels"] = num_labels
     config, path = _config(name_or_path, random_init, overrides)
     torch_dtype = getattr(torch, dtype) if dtype else None
+    fresh: list[str] = []
     if random_init:
         model = spec.loader.from_config(config, dtype=torch_dtype)
     else:
         # a hub image classifier's head (e.g. 1000 ImageNet classes) is re-initialised at the task's size
         reinit = {"ignore_mismatched_sizes": True} if not spec.text else {}
-        model = spec.loader.from_pretrained(path, config=config, dtype=torch_dtype, **reinit)
+        model, info = spec.loader.from_pretrained(
+            path, config=config, dtype=torch_dtype, output_loading_info=True, **reinit
+        )
+        mismatched = [m[0] if isinstance(m, tuple | list) else m for m in info.get("mismatched_keys", [])]
+        fresh = sorted(set(info.get("missing_keys", [])) | set(mismatched))
     if head == "seq_cls" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     if student and student.get("keep_layers") is not None:
@@ -145,4 +151,5 @@ def load_backbone(
         modules_to_save=list(modules_to_save if modules_to_save is not None else spec.modules_to_save),
         teacher=_plain(teacher) if teacher else None,
         image_size=image_size,
+        fresh=fresh,
     )

@@ -104,9 +104,11 @@ def _prepared_teacher(
 ) -> Teacher:
     base, task = backbone.model, datamodule.task
     model_id = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "_target_"}
+    fresh = list(getattr(backbone, "fresh", []))  # the task head: redrawn from the teacher's seed, not in the key
     meta = {
         "model": model_id,
-        "base": fingerprint(base.state_dict()),
+        "base": fingerprint({k: v for k, v in base.state_dict().items() if k not in fresh}),
+        "fresh": fresh,
         "target_fingerprint": fingerprint({n: base.get_submodule(n).weight for n in names}),
         "data": data_key(cfg),
         "recipe": settings.recipe(),

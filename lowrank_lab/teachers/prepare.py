@@ -75,6 +75,24 @@ def majority_baseline(task: Any, datamodule: Any) -> float | None:
     return trivial_baseline(task, train, val, vocab).get(task.metric)
 
 
+def redraw_fresh(model: torch.nn.Module, names: list[str], seed: int) -> None:
+    """Draw the parameters the checkpoint did not have (the task head) again from the teacher's own seed, so that
+    one teacher serves every student seed: weights N(0, initializer_range²), vectors 1 (norms), biases 0."""
+    std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
+    params, generator = dict(model.named_parameters()), torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in names:
+            p = params.get(name)
+            if p is None:
+                continue
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.dtype) * std)
+
+
 def prepare(
     out: Path, base: torch.nn.Module, datamodule: Any, settings: TeacherSettings, trainer: dict, meta: dict
 ) -> dict[str, Any]:
@@ -87,6 +105,7 @@ def prepare(
         np.random.seed(settings.seed)
         torch.manual_seed(settings.seed)
         model = copy.deepcopy(base).requires_grad_(True).train()
+        redraw_fresh(model, list(meta.get("fresh", [])), settings.seed)  # not the student seed's head
         module = FinetuneModule(
             model,
             task,
