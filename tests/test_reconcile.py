@@ -27,8 +27,10 @@ time.sleep(120)
 def _holder(store: str, job: Path) -> tuple[subprocess.Popen, str]:
     """Start a process holding a RUNNING run; return it and the run id once the run exists."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # SIGHUP as a terminal delivers it, also when pytest itself runs under nohup (which the child would inherit)
+    default_hup = lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)  # noqa: E731
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, store, str(job)], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_hup)  # fmt: skip
     run_id = proc.stdout.readline().strip()
     assert run_id, proc.stderr.read()[-3000:]
     return proc, run_id

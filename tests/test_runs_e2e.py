@@ -166,3 +166,22 @@ def test_resuming_a_job_dir_with_another_config_is_refused(tmp_path: Path) -> No
     forced = run_cli([*TINY, "trainer.max_epochs=1", "method.optimizer.lr=0.01", "resume_check=false",
                       f"hydra.run.dir={job}"], tmp_path)  # fmt: skip
     assert forced.returncode == 0, forced.stderr[-3000:]
+
+
+@pytest.mark.parametrize("choice", ["init=pissa", "init=gradient", "init=corda", "init=eva", "peft=kasa"])
+def test_inits_that_change_the_base_give_the_same_logits_after_a_resume(tmp_path: Path, choice: str) -> None:
+    """A finished job rerun in its dir resumes from last.ckpt (nothing left to train) and tests again: the base is
+    rebuilt and the init redone, so the test loss (all the logits) equals the first attempt's."""
+    job = tmp_path / "job"
+    args = [*TINY, choice, "trainer.max_epochs=1", f"hydra.run.dir={job}"]
+    for _ in range(2):
+        proc = run_cli(args, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stderr
+    from mlflow.tracking import MlflowClient
+
+    run_id = (job / "mlflow_run_id").read_text()
+    losses = [
+        m.value for m in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(run_id, "test/loss")
+    ]
+    assert len(losses) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-6, abs=1e-7), losses

@@ -84,7 +84,7 @@ class AdapterModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> Any:
         outputs = self(batch)
         self.evaluators[stage].update(outputs, batch)
-        self.log(f"{stage}/loss", outputs.loss, on_epoch=True, batch_size=self._bs(batch))
+        self.log(f"{stage}/loss", outputs.loss, on_epoch=True, batch_size=self._bs(batch), sync_dist=True)
         return outputs
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -214,8 +214,8 @@ class SLADModule(AdapterModule):
             model = getattr(self, role)
             outs[role] = model(**batch, output_hidden_states=True) if hidden else model(**batch)
             self.evaluators[f"{stage}/{role}"].update(outs[role], batch)
-            self.log(f"{stage}/{role}_loss", outs[role].loss, on_epoch=True, batch_size=size)
-        self.log(f"{stage}/loss", outs["student"].loss, on_epoch=True, batch_size=size)
+            self.log(f"{stage}/{role}_loss", outs[role].loss, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log(f"{stage}/loss", outs["student"].loss, on_epoch=True, batch_size=size, sync_dist=True)
         if hidden:
             h_t, h_s = outs["teacher"].hidden_states[-1], outs["student"].hidden_states[-1]  # (B, T, d_T), (B, T, d_S)
             self.cka.update(*feature_rows(h_t, h_s, batch.get("attention_mask")))
