@@ -3,8 +3,9 @@ samples = 1 x 8 samples, so the adapters end equal and the (all-reduced) task me
 to MLflow (rank 1 is the same command re-run by Lightning with LOCAL_RANK=1).
 
 The training set is 8 examples, one global batch: under DDP Lightning wraps the datamodule's epoch-seeded sampler in
-a DistributedSamplerWrapper that shuffles its order again, so with more data the global batches of a DDP run are
-other (equally valid) batches than a single process's."""
+a DistributedSamplerWrapper (no second shuffle for a custom sampler; set_epoch forwarded): rank r takes positions
+r, r + 2, … of the single process's order (tests/test_resumable_loader.py), and with length-grouped batches of 4
+per rank instead of 8 the global batches of a longer DDP run are other (equally valid) batches."""
 
 from __future__ import annotations
 

@@ -55,3 +55,29 @@ def test_resume_over_a_distributed_sampler_drops_the_seen_batches() -> None:
     resumed.load_state_dict({"epoch": 1, "batches": 2})
     assert _epoch(resumed, epoch=1) == whole[2:]
     assert isinstance(train_loader(ROWS, 8, seed=0).sampler, EpochShuffleSampler)
+
+
+def test_ddp_ranks_get_disjoint_epoch_seeded_shards_and_resume() -> None:
+    """What Lightning's DDP does with our sampler (use_distributed_sampler): DistributedSamplerWrapper, shuffle off
+    for a custom sampler, set_epoch forwarded. Two ranks: disjoint shards covering the epoch's order; another epoch
+    another order; a rank resumed mid-epoch goes on with its own next batch."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    def rank_loader(rank: int) -> ResumableLoader:
+        inner = EpochShuffleSampler(48, seed=3, lengths=LENGTHS[:48], batch_size=4)
+        wrapper = DistributedSamplerWrapper(inner, num_replicas=2, rank=rank, shuffle=False)
+        return ResumableLoader(ROWS[:48], batch_size=4, sampler=wrapper)
+
+    def flat(batches: list[list[int]]) -> list[int]:
+        return sum(batches, [])
+
+    ranks = [_epoch(rank_loader(r), epoch=1) for r in (0, 1)]
+    assert not set(flat(ranks[0])) & set(flat(ranks[1])) and sorted(flat(ranks[0]) + flat(ranks[1])) == list(range(48))
+    single = EpochShuffleSampler(48, seed=3, lengths=LENGTHS[:48], batch_size=4)
+    single.set_epoch(1)
+    order = list(single)
+    assert flat(ranks[0]) == order[0::2] and flat(ranks[1]) == order[1::2]  # the single-process order, interleaved
+    assert _epoch(rank_loader(0), epoch=2) != ranks[0]  # set_epoch reaches the inner sampler
+    resumed = rank_loader(1)
+    resumed.load_state_dict({"epoch": 1, "batches": 4})
+    assert _epoch(resumed, epoch=1) == ranks[1][4:]
