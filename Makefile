@@ -97,7 +97,8 @@ reproduce-sad-synthetic: reproduce-scale $(STAMP)
 		--experiment sad_synthetic --page docs/results/sad_synthetic.md --command 'make $@' $(ARGS)
 
 # SAD-LoRA's GLUE table: KD-LoRA vs SAD-LoRA-Align (paired delta in the report); small: SST-2 x 5 seeds x 3 arms,
-# paper: the six tasks x 3 seeds
+# paper: the six tasks x 3 seeds. Measured here (small): 81 min wall for 15 jobs while the 2 cores also ran other
+# work (a KD job alone: ~1 min; SAD jobs beside 2 other processes: ~10 min); the one teacher 22 s. Budget 120 min.
 reproduce-sad-glue: reproduce-scale $(STAMP) $(DATA)
 	$(call reproduce,sad_glue,$(PAPER_GLUE) data=sst2,mrpc,stsb,rte,cola,qnli seed=0,1,2)
 
@@ -105,7 +106,8 @@ reproduce-sad-glue: reproduce-scale $(STAMP) $(DATA)
 reproduce-adapters: reproduce-scale $(STAMP) $(DATA)
 	$(call reproduce,adapter_compare,$(PAPER_GLUE))
 
-# SLoRA's gate ablations (GLUE; at SCALE=paper also the instruction-tuning half)
+# SLoRA's gate ablations (GLUE; at SCALE=paper also the instruction-tuning half). Measured here (small, ARGS=threads=1
+# beside another sweep): 46 min wall, 20 jobs of ~2 min. Budget 60 min.
 reproduce-slora: reproduce-scale $(STAMP) $(DATA)
 	$(call reproduce,slora_ablation,$(PAPER_GLUE))
 	$(if $(filter paper,$(SCALE)),$(call reproduce,slora_ablation_instruct,model=llama-3.2-1b trainer=gpu))
