@@ -33,6 +33,8 @@ def run(cfg: DictConfig) -> float | None:
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines once
     try:
         return _run(cfg)
+    except SIGTERMException as stop:  # killed before fit (a teacher being built): exit 143 as a killed fit does
+        raise SystemExit(143) from stop  # (Lightning's exception exits 0, and `make reproduce-*` would go on)
     except Exception as err:
         cause = err if isinstance(err, LabError) else err.__cause__  # Hydra wraps errors raised in _target_s
         if not isinstance(cause, LabError):

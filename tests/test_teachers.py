@@ -4,6 +4,7 @@ class; a teacher that does not fit the method stops the run with one line."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -181,3 +182,29 @@ def test_one_teacher_serves_every_student_seed(tmp_path: Path, capsys: pytest.Ca
     assert "teacher: building" in capsys.readouterr().err
     second = cli.compose_run_parts([*minilm, "seed=2"])[2]
     assert "teacher: cached" in capsys.readouterr().err and second.key == first.key
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_teacher_is_built_exits_143(tmp_path: Path) -> None:
+    """Killed during the teacher's fine-tuning (before the job's own fit): exit 143, no traceback, no MLflow run, no
+    teacher left in the cache."""
+    import signal
+    import subprocess
+    import sys
+
+    args = ["model=tiny-bert", "method=kd", "method.teacher.epochs=50", "data.train_limit=2000", "threads=1"]
+    cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.output_dir={tmp_path}", f"paths.data_dir={DATA_DIR}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("teacher: building"):
+            break
+    time.sleep(3)  # inside the teacher's fit
+    proc.send_signal(signal.SIGTERM)
+    err = "".join(seen) + proc.stderr.read()
+    assert proc.wait(timeout=120) == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert mlflow_runs(tmp_path) == []
+    assert not [p for p in (tmp_path / "teachers").glob("*") if (p / INFO_FILE).exists()]
