@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ def save_merged(student: torch.nn.Module, out: Path, tokenizer: Any = None) -> N
 
 
 def _run(cfg: DictConfig) -> float | None:
+    started = time.perf_counter()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -171,9 +173,10 @@ def _run(cfg: DictConfig) -> float | None:
         raise
     finally:
         if run_id is not None:
-            from lowrank_lab.tracking.job import finish_job_run
+            from lowrank_lab.tracking.job import add_job_seconds, finish_job_run
 
-            finish_job_run(cfg.logger.tracking_uri, run_id, job_dir, status)
+            job_s = add_job_seconds(job_dir, time.perf_counter() - started)  # every attempt, not the waits between
+            finish_job_run(cfg.logger.tracking_uri, run_id, job_dir, status, {"time/job_s": job_s})
 
     objective = val.get(datamodule.task.monitor)
     same_split = not getattr(datamodule, "heldout_fraction", 0)  # val and test are both the labelled dev split

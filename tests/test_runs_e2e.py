@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,7 @@ def test_sigterm_mid_epoch_then_resume_continues_exactly(tmp_path: Path) -> None
     killed = run_cli([*tiny, *kill, f"hydra.run.dir={job}"], tmp_path / "split")
     assert killed.returncode == 143, killed.stderr[-3000:]
     assert (job / "checkpoints" / "last.ckpt").exists()
+    time.sleep(5)  # "queued": not part of the job's wall time
     resumed = run_cli([*tiny, f"hydra.run.dir={job}"], tmp_path / "split")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
@@ -145,6 +147,11 @@ def test_sigterm_mid_epoch_then_resume_continues_exactly(tmp_path: Path) -> None
         histories.append({m.step: m.value for m in points})
     assert sorted(histories[0]) == list(range(8)), histories[0]  # log_every_n_steps=1: 2 epochs × 4 batches
     assert histories[1] == histories[0]  # every step once, each with the uninterrupted run's loss
+    (split,) = mlflow_runs(tmp_path / "split")
+    span = (split.info.end_time - split.info.start_time) / 1000
+    assert split.data.metrics["time/job_s"] < span - 4  # both attempts, not the wait between them
+    train_s = [m.value for m in client.get_metric_history(split.info.run_id, "time/train_s")]
+    assert len(train_s) == 2 and train_s[1] > train_s[0]  # epoch 1's includes epoch 0's, from the first attempt
 
     from safetensors.torch import load_file
 

@@ -37,6 +37,10 @@ class AdapterModule(L.LightningModule):
         self.test_metrics = self.evaluators["test"].modules()
         self.strict_loading = False  # checkpoints hold only trainable weights; the frozen base is rebuilt
         self._step_start = 0.0
+        self._train_s_before, self._fit_start = (
+            0.0,
+            None,
+        )  # training seconds of earlier attempts (resumes), this one's start
 
     # ----- the objective -------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
@@ -125,6 +129,17 @@ class AdapterModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     # ----- bookkeeping ---------------------------------------------------------------------------------
+    def train_seconds(self) -> float:
+        """Training wall time over every attempt of this job (kept in the checkpoint), not the time between them."""
+        running = time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0
+        return self._train_s_before + running
+
+    def on_train_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        self.log("time/train_s", self.train_seconds())
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
 
@@ -135,6 +150,10 @@ class AdapterModule(L.LightningModule):
         """Keep trainable parameters and buffers only: a LoRA checkpoint stays adapter-sized."""
         frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        checkpoint["train_seconds"] = self.train_seconds()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._train_s_before = float(checkpoint.get("train_seconds", 0.0))
 
     @staticmethod
     def _bs(batch: dict[str, torch.Tensor]) -> int:

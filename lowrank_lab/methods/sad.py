@@ -113,6 +113,7 @@ class SADModule(DistillationModule):
             checkpoint["alpha_schedule"] = self.alpha_schedule.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("alpha_schedule")
         if state:
             if self.alpha_schedule is None:

@@ -14,7 +14,6 @@ student's), align/cka (linear CKA of the last hidden states), time/train_s.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,7 +135,6 @@ class SLADModule(AdapterModule):
         self.val_metrics = nn.ModuleList(self.evaluators[f"val/{r}"].modules() for r in ROLES)
         self.test_metrics = nn.ModuleList(self.evaluators[f"test/{r}"].modules() for r in ROLES)
         self.cka = LinearCKA(d_t, d_s)  # rows (teacher, student); a torchmetrics state, summed across ranks
-        self._fit_start = 0.0
 
     @staticmethod
     def _width(model: nn.Module) -> int:
@@ -266,12 +264,6 @@ class SLADModule(AdapterModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----- bookkeeping ---------------------------------------------------------------------------------
-    def on_train_start(self) -> None:
-        self._fit_start = time.perf_counter()
-
-    def on_train_epoch_end(self) -> None:
-        self.log("time/train_s", time.perf_counter() - self._fit_start)  # training wall time so far
-
     def save_adapters(self, directory: str | Path) -> None:
         """`directory`: the student's peft adapter; `teacher/`: the teacher's; `teacher_base/`: a random-init
         teacher's base; `slad_adapters.safetensors`: every trainable tensor once (shared ones' aliases inside)."""

@@ -94,13 +94,27 @@ def upload_job_dir(client: Any, run_id: str, job_dir: Path) -> None:
             client.log_artifact(run_id, str(path), None if folder == "." else folder)
 
 
-def finish_job_run(tracking_uri: str, run_id: str, job_dir: Path, status: str = "FINISHED") -> None:
-    """Stop the system-metrics monitor, upload the job directory (no checkpoints) and close the run; the status is
-    set even when the upload fails (one warning line: the files stay in the job dir)."""
+def add_job_seconds(job_dir: Path, seconds: float) -> float:
+    """This attempt's seconds added to the job's earlier attempts (`<job dir>/job_seconds`): a requeued or resumed
+    job's wall time without the time it waited in between."""
+    record = job_dir / "job_seconds"
+    before = float(record.read_text()) if record.is_file() else 0.0
+    job_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(f"{before + seconds:.3f}")
+    return before + seconds
+
+
+def finish_job_run(
+    tracking_uri: str, run_id: str, job_dir: Path, status: str = "FINISHED", metrics: dict[str, float] | None = None
+) -> None:
+    """Log `metrics`, stop the system-metrics monitor, upload the job directory (no checkpoints) and close the run;
+    the status is set even when that fails (one warning line: the files stay in the job dir)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     try:
+        for key, value in (metrics or {}).items():
+            client.log_metric(run_id, key, value)
         monitor = _MONITORS.pop(run_id, None)
         if monitor is not None:
             monitor.finish()

@@ -193,7 +193,10 @@ def init_name(params: dict[str, str]) -> str:
 
 
 def wall_seconds(run: Any) -> float | None:
-    """The job's wall time: its MLflow run's end − start, in seconds (None while it runs)."""
+    """The job's wall time in seconds: `time/job_s` (its attempts summed, without queue time between a requeue and
+    its restart), else its MLflow run's end − start; None while it runs."""
+    if run.data.metrics.get("time/job_s") is not None and run.info.end_time:
+        return float(run.data.metrics["time/job_s"])
     if not run.info.end_time or not run.info.start_time:
         return None
     return (run.info.end_time - run.info.start_time) / 1000.0
