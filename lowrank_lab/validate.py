@@ -108,20 +108,16 @@ RESUME_FREE_TRAINER = (  # + max_epochs / max_steps: train an ended job longer
 )
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node}
-
-
 def check_resume(cfg: DictConfig, job_dir: Path) -> None:
     """A job dir resumed from its checkpoint must be resumed with the config that wrote it (its
     `resolved_config.yaml`), up to launcher/logging keys; `resume_check=false` resumes anyway."""
     saved_file = job_dir / "resolved_config.yaml"
     if not cfg.get("resume_check", True) or not saved_file.is_file():
         return
-    saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_file), resolve=False))
-    now = _flat(OmegaConf.to_container(cfg, resolve=True))
+    from lowrank_lab.tracking.store import flat_values
+
+    saved = flat_values(OmegaConf.to_container(OmegaConf.load(saved_file), resolve=False))
+    now = flat_values(OmegaConf.to_container(cfg, resolve=True))
     free = lambda key: key.split(".")[0] in RESUME_FREE or key in {f"trainer.{k}" for k in RESUME_FREE_TRAINER}  # noqa: E731
     changed = sorted(k for k in saved.keys() | now.keys() if not free(k) and saved.get(k) != now.get(k))
     if changed:

@@ -87,18 +87,23 @@ def _get_or_create(tracking_uri: str, name: str) -> str:
         return found.experiment_id
 
 
+def flat_values(data: dict, prefix: str = "") -> dict[str, Any]:
+    """`{"peft": {"lora_r": 8}}` -> `{"peft.lora_r": 8}`: dotted keys, leaves as they are (an empty dict is one)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flat_values(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def flatten_config(cfg: DictConfig | dict, prefix: str = "") -> dict[str, str]:
     """`{"peft": {"lora_r": 8}}` -> `{"peft.lora_r": "8"}`; credentials in URIs masked, values cut to MLflow's
     param length."""
     data: Any = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    flat: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, prefix=f"{name}."))
-        else:
-            flat[name] = mask_credentials(str(value))[:MAX_PARAM_CHARS]
-    return flat
+    return {k: mask_credentials(str(v))[:MAX_PARAM_CHARS] for k, v in flat_values(data, prefix).items()}
 
 
 def parent_run_id() -> str | None:
