@@ -241,11 +241,13 @@ def test_every_arm_of_the_experiment_composes(experiment: str) -> None:
     from tests.conftest import REPO
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", [f"experiment={experiment}"], return_hydra_config=True)
-    arms = cfg.hydra.sweeper.params.arm.split(",")
-    assert arms == ["ft_kd", "probe_kd", "lora_kd", "separate", "slad_none", "slad_core", "slad_full"]
-    for arm in [*arms, "ft_both"]:
-        cfg.arm = arm  # what `arm=<name>` sets: every method / trainer field follows through interpolation
+        swept = compose("config", [f"experiment={experiment}"], return_hydra_config=True)
+        arms = swept.hydra.sweeper.params.slad_arm.split(",")
+        assert arms == ["ft_kd", "probe_kd", "lora_kd", "separate", "slad_none", "slad_core", "slad_full", "ft_both"]
+        cfgs = {arm: compose("config", [f"experiment={experiment}", f"slad_arm={arm}"]) for arm in arms}
+    for arm, cfg in cfgs.items():  # every method / trainer field follows `arm` through interpolation
+        assert cfg.arm == arm
+        assert cfg.peft._target_.endswith("FullFinetune" if arm == "ft_both" else "LoraSpec"), arm
         method = OmegaConf.to_container(cfg.method, resolve=True)
         assert method["_target_"].endswith("SLADModule") and method["pair"]["teacher"], arm
         assert (method["share"], method["kd_weight"]) == (cfg.arms[arm].share, cfg.arms[arm].kd), arm
