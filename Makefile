@@ -102,9 +102,10 @@ reproduce-sad-synthetic: reproduce-scale $(STAMP)
 reproduce-sad-glue: reproduce-scale $(STAMP) $(DATA)
 	$(call reproduce,sad_glue,$(PAPER_GLUE) data=sst2,mrpc,stsb,rte,cola,qnli seed=0,1,2)
 
-# KaSA and friends: peft x init x method on SST-2
+# KaSA, DoRA, PiSSA, OLoRA vs LoRA (peft's init) on SST-2, paired by seed; small: 5 arms x 5 seeds, fine-tuning;
+# paper: also KD.
 reproduce-adapters: reproduce-scale $(STAMP) $(DATA)
-	$(call reproduce,adapter_compare,$(PAPER_GLUE))
+	$(call reproduce,adapter_compare,$(PAPER_GLUE) method=finetune,kd)
 
 # SLoRA's gate ablations (GLUE; at SCALE=paper also the instruction-tuning half). Measured here (small, ARGS=threads=1
 # beside another sweep): 46 min wall, 20 jobs of ~2 min. Budget 60 min.

@@ -169,13 +169,20 @@ def test_kasa_does_not_mix_with_other_adapters(tmp_path: Path, first: str, secon
     assert "\n" not in str(err.value)
 
 
-def test_adapter_compare_experiment_sweeps_peft_by_init() -> None:
+def test_adapter_compare_arms_pick_peft_and_init() -> None:
+    """Each arm of experiment=adapter_compare composes to its peft + init pair and builds; the full grid's
+    `peft=… init=…` overrides still win over an arm's choice."""
+    arms = {"lora": ("lora", "default"), "kasa": ("kasa", "default"), "dora": ("dora", "default")}
+    arms |= {"pissa": ("lora", "pissa"), "olora": ("lora", "olora")}
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=adapter_compare"], return_hydra_config=True)
         params = cfg.hydra.sweeper.params
-        assert (params.peft, params.init, params.seed) == ("lora,dora,kasa", "default,pissa,olora", "1,2,3")
-        assert "finetune" in params.method.split(",") and cfg.data.task == "sst2" and cfg.peft.lora_r == 8
-        for peft in params.peft.split(","):
-            for init in params.init.split(","):
-                job = compose("config", overrides=["experiment=adapter_compare", f"peft={peft}", f"init={init}"])
-                instantiate(job.peft).build("seq_cls", ["query", "value"], instantiate(job.init).lora_kwargs())
+        assert (params.adapter_arm, params.seed) == (",".join(arms), "0,1,2,3,4")
+        assert cfg.data.task == "sst2" and cfg.peft.lora_r == 8 and cfg.data.heldout_fraction > 0
+        for arm, choice in arms.items():
+            job = compose("config", ["experiment=adapter_compare", f"adapter_arm={arm}"], return_hydra_config=True)
+            assert (job.hydra.runtime.choices.peft, job.hydra.runtime.choices.init) == choice, arm
+            assert job.peft.use_dora == (arm == "dora") and job.peft._target_.endswith("KasaSpec") == (arm == "kasa")
+            instantiate(job.peft).build("seq_cls", ["query", "value"], instantiate(job.init).lora_kwargs())
+        grid = compose("config", ["experiment=adapter_compare", "adapter_arm=kasa", "peft=dora", "init=olora"])
+        assert grid.peft.use_dora and grid.init.init_lora_weights == "olora"

@@ -1,7 +1,8 @@
 """The claims a report checks (lowrank_lab.tracking.claims), on stores written by hand with MlflowClient: SLoRA's
 criterion per gate mode against the `none` run of the same seed, evaluated by hand below; SAD − KD (B = 0) and
 SAD − KD (same spectral init) paired by seed against numpy / scipy over the values the store was written with; SLAD's
-checks paired by seed; an arm with a run that did not learn leaves its comparison undecided; FAILED runs never count."""
+checks and KaSA / DoRA / PiSSA / OLoRA against LoRA paired by seed; an arm with a run that did not learn leaves its
+comparison undecided; FAILED runs never count."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from scipy import stats as scipy_stats
 
 from lowrank_lab.tracking import claims, stats
 from lowrank_lab.tracking.report import write_report
-from lowrank_lab.tracking.results import load_sweep
+from lowrank_lab.tracking.results import default_group_by, load_sweep
 from tests.sweep_fixture import Store, new_store
 
 pytest_plugins = ["tests.sweep_fixture"]
@@ -242,3 +243,57 @@ def test_slad_claims_paired_by_seed(tmp_path: Path) -> None:
     assert claim.table["n"].tolist() == [2, 2, 2, 2, 1]
     assert claim.table["delta_mean"].tolist() == pytest.approx([0.125, -0.005, 0.02, 0.005, 0.5])
     assert claim.verdict.startswith("holds on 1 of 5 (1); inconclusive on 2 (2, 5); undecided on 2 (3, 4)")
+
+
+# adapter_compare: (peft, init) -> per-seed final test accuracy; LoRA with peft's init is every comparison's base
+LORA = [0.801, 0.795, 0.810, 0.788, 0.804]
+ADAPTERS = {
+    ("lora", "default"): LORA,
+    ("kasa", "default"): [v + d for v, d in zip(LORA, [0.010, 0.012, 0.008, 0.015, 0.011])],  # clearly higher: holds
+    ("dora", "default"): [v + d for v, d in zip(LORA, [-0.02, -0.03, -0.025, -0.02, -0.028])],  # lower: does not hold
+    ("lora", "pissa"): [v + d for v, d in zip(LORA, [0.01, -0.01, 0.004, -0.006, 0.002])],  # around 0: inconclusive
+    ("lora", "olora"): [v + 0.02 for v in LORA],  # ahead, but seed 2 stayed at the majority class
+}
+
+
+def test_adapter_claims_paired_by_seed(tmp_path: Path) -> None:
+    uri = new_store(tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("adapter_compare", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    parent = client.create_run(exp, tags={"lowrank_lab.sweep": "true"}).info.run_id
+    for (peft, init), values in ADAPTERS.items():
+        for seed, value in enumerate(values):
+            tags = {"mlflow.parentRunId": parent, "override.experiment": "adapter_compare"}
+            tags |= {"override.adapter_arm": f"{peft}_{init}", "override.method": "finetune"}
+            tags |= {"peft": peft, "init": init}  # Hydra's choices, as an arm group (conf/adapter_arm) sets them
+            tags["lowrank_lab.learned"] = "false" if (peft, init, seed) == ("lora", "olora", 2) else "true"
+            run = client.create_run(exp, tags=tags).info.run_id
+            metrics = [Metric("test/accuracy", value, 0, 5), Metric("baseline/accuracy", 0.509, 0, 0)]
+            params = [Param("seed", str(seed)), Param("data.task", "sst2")]
+            client.log_batch(run, metrics=metrics, params=params)
+            client.set_terminated(run, "FINISHED")
+    sweep = load_sweep(parent, uri)
+    claim = claims.check(sweep, default_group_by(sweep.finished))  # what the report passes: method, adapter_arm
+
+    got = {row.new_arm: row for row in claim.table.itertuples()}
+    assert set(got) == {"kasa/default", "dora/default", "lora/pissa", "lora/olora"}
+    for (peft, init), values in ADAPTERS.items():
+        if (peft, init) == ("lora", "default"):
+            continue
+        row, d = got[f"{peft}/{init}"], np.array(values) - np.array(LORA)
+        assert (row.base_arm, row.n, row.method, row.task) == ("lora/default", 5, "finetune", "sst2")
+        assert row.delta_mean == pytest.approx(d.mean()) and row.delta_std == pytest.approx(d.std(ddof=1))
+        if np.ptp(d) > 1e-12:
+            assert row.t_p == pytest.approx(scipy_stats.ttest_rel(values, LORA).pvalue)
+        assert (row.ci_low, row.ci_high) == pytest.approx(stats.bootstrap_ci(d))
+    verdicts = {arm: row.verdict for arm, row in got.items()}
+    assert verdicts == {
+        "kasa/default": "holds",
+        "dora/default": "does not hold",
+        "lora/pissa": "inconclusive",
+        "lora/olora": "undecided: lora/olora did not learn",
+    }
+    assert (
+        set(claim.shown["paper Δ"]) == {"higher"}
+        and "KaSA vs LoRA (KaSA's GLUE table): holds on 1 of 1" in claim.verdict
+    )

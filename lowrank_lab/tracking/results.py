@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from lowrank_lab.tracking.metadata import CHOICE_GROUPS
+
 SWEEP_TAG, PARENT_TAG = "lowrank_lab.sweep", "mlflow.parentRunId"
 LEARNED_TAG = "lowrank_lab.learned"  # "true" / "false": the job beat its task's trivial baseline (train.py)
 # class name of `method._target_` -> the name a user types after `method=`
@@ -134,13 +136,16 @@ def method_name(params: dict[str, str]) -> str:
 
 
 def label(run: Any, key: str) -> str:
-    """A run's value for a row key: its override (`method=kd` -> kd), else the method name, else the param
-    (`peft.lora_r`), else the class of `<key>._target_`, else `-`."""
+    """A run's value for a row key: its override (`method=kd` -> kd), else the method name, else Hydra's choice
+    of that group (a tag: `peft` -> dora when an arm group picked it), else the param (`peft.lora_r`), else the
+    class of `<key>._target_`, else `-`."""
     tags, params = run.data.tags, run.data.params
     if f"override.{key}" in tags:
         return tags[f"override.{key}"]
     if key == "method":
         return method_name(params)
+    if key in CHOICE_GROUPS and key in tags:
+        return tags[key]
     if key in params:
         return params[key]
     return params.get(f"{key}._target_", "-").rsplit(".", 1)[-1]
