@@ -105,6 +105,7 @@ GLUE = {
     ("sst2", "kd_spectral"): KD_SST2,
 }
 BASELINE = {"rte": 0.527, "sst2": 0.509}  # majority class on the reported split
+JOBS_COMMIT = "0123456789abcdef0123456789abcdef01234567"  # what train.py tags each job with (seed 5's tree dirty)
 NOT_LEARNED = {("sst2", "kd_spectral", 3)}  # one run at the majority class: its comparison is undecided
 # how `experiment=sad_glue`'s sweep spells the arms (sad_glue_arm) and what train.py logs as params
 ARMS = {
@@ -128,6 +129,7 @@ def sad_glue_store(root: Path) -> tuple[str, str]:
             tags = {"mlflow.parentRunId": parent, "override.experiment": "sad_glue", "override.data": task}
             tags |= {"override.sad_glue_arm": arm, "override.seed": str(seed)}
             tags["lowrank_lab.learned"] = "false" if (task, arm, seed) in NOT_LEARNED else "true"
+            tags |= {"mlflow.source.git.commit": JOBS_COMMIT, "lowrank_lab.git.dirty": str(seed == 5).lower()}
             run = client.create_run(exp, start_time=start + 1000, tags=tags).info.run_id
             target, init = ARMS[arm]
             params = {"method._target_": target, "init._target_": init, "data.task": task, "seed": str(seed)}

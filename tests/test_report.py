@@ -20,7 +20,7 @@ from lowrank_lab.tracking.plots import PLOT_FILES
 from lowrank_lab.tracking.report import main, write_report
 from lowrank_lab.tracking.results import ReportError, load_sweep, method_name
 from tests.sweep_fixture import Store
-from tests.test_claims import BASELINE, GLUE, sad_glue_store
+from tests.test_claims import BASELINE, GLUE, JOBS_COMMIT, sad_glue_store
 
 pytest_plugins = ["tests.sweep_fixture"]
 
@@ -143,7 +143,9 @@ def test_results_page(tmp_path: Path) -> None:
         "- command: `make reproduce-sad-glue SCALE=small`" in text
         and "- sweep overrides: `experiment=sad_glue`" in text
     )
-    assert f"- git commit: {pages.git_state()}" in text and pages.git_state().split()[0] != "unknown"
+    # the commit the jobs ran at (from their tags), then the checkout that wrote the page
+    jobs = f"- git commit: {JOBS_COMMIT} (dirty: uncommitted changes), the jobs'; this page written at "
+    assert f"{jobs}{pages.git_state()}\n" in text and pages.git_state().split()[0] != "unknown"
     assert f"{os.cpu_count()} cores" in text and "jobs: `threads` = 1, accelerator = cpu" in text
     # the parent ran 125 s; 36 jobs finished in 60 s each; the FAILED one is counted, never averaged
     assert "wall time of the sweep: 125 s (2.1 min); jobs: 36 finished, 1 not finished" in text

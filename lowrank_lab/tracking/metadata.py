@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from lowrank_lab.tracking.store import mask_credentials
 
 CHOICE_GROUPS = ("method", "peft", "init", "model", "data", "experiment")
+COMMIT_TAG, DIRTY_TAG = "mlflow.source.git.commit", "lowrank_lab.git.dirty"
 
 
 def hydra_choices() -> dict[str, str]:
@@ -57,7 +58,7 @@ def git_tags(root: Path) -> dict[str, str]:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"mlflow.source.git.commit": commit, "lowrank_lab.git.dirty": str(dirty).lower()}
+    return {COMMIT_TAG: commit, DIRTY_TAG: str(dirty).lower()}
 
 
 def source_tags(root: Path) -> dict[str, str]:

@@ -9,6 +9,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from lowrank_lab.tracking.metadata import COMMIT_TAG, DIRTY_TAG
 from lowrank_lab.tracking.results import Sweep, sweep_wall_seconds, wall_seconds
 
 _COMMON = (
@@ -73,6 +74,20 @@ def git_state(root: Path | None = None) -> str:
     return f"{head.stdout.strip()} ({state})"
 
 
+def commit_line(sweep: Sweep) -> str:
+    """The commit the jobs ran at (their `mlflow.source.git.commit` tags, dirty when any job's tree was), and the
+    checkout writing the page when that differs; the checkout alone when no job carries the tag."""
+    here = git_state()
+    tagged = {(r.data.tags.get(COMMIT_TAG), r.data.tags.get(DIRTY_TAG) == "true") for r in sweep.finished}
+    commits = sorted({c for c, _ in tagged if c})
+    if not commits:
+        return f"{here} (the checkout that wrote this page; the jobs carry no commit tag)"
+    dirty = {c for c, d in tagged if d}
+    jobs = ", ".join(f"{c} ({'dirty: uncommitted changes' if c in dirty else 'clean'})" for c in commits)
+    same = commits == [here.split()[0]] and not dirty and here.endswith("(clean)")
+    return f"{jobs}, the jobs'" + ("" if same else f"; this page written at {here}")
+
+
 def machine(sweep: Sweep) -> str:
     """Cores, torch's threads here, and the `threads` / `trainer.accelerator` the jobs ran with."""
     import torch
@@ -114,7 +129,7 @@ def render(
         "",
         f"- command: `{command}`",
         f"- sweep overrides: `{overrides}`" if overrides else "- sweep overrides: none",
-        f"- git commit: {git_state()}",
+        f"- git commit: {commit_line(sweep)}",
         f"- machine: {machine(sweep)}",
         f"- wall time of the sweep: {_duration(sweep_wall_seconds(sweep))}; jobs: {len(sweep.finished)} finished"
         + (f", {failed} not finished (failed or running: never averaged)" if failed else "")

@@ -70,10 +70,8 @@ def slad_arms(sweep: Sweep, group_by: list[str]) -> Claim:
             delta_name = f"{lose}/{win} − {SPEEDUP:.0f}" if col == "train_s" else f"{win} − {lose}"
             shown.append(
                 {"#": len(verdicts) + 1, "task": task, "claim": claim, "n": result.n}
-                | {
-                    win: cell(pair[win].mean(), pair[win].std(), result.n),
-                    lose: cell(pair[lose].mean(), pair[lose].std(), result.n),
-                }
+                | {"claimed better": f"{win}: {cell(pair[win].mean(), pair[win].std(), result.n)}"}
+                | {"other": f"{lose}: {cell(pair[lose].mean(), pair[lose].std(), result.n)}"}
                 | {"Δ": f"{delta_name}: {cell(result.mean, result.sd, result.n, signed=True)}"}
                 | {"p (t)": stats.p_text(result.t_p), "95 % CI of Δ": stats.ci_text(result.ci), "verdict": verdict}
             )
