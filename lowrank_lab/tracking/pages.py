@@ -13,7 +13,7 @@ from lowrank_lab.tracking.metadata import COMMIT_TAG, DIRTY_TAG
 from lowrank_lab.tracking.results import Sweep, sweep_wall_seconds, wall_seconds
 
 _COMMON = (
-    "Here: CPU only (the machine above), the packaged MiniLM-family models instead of the paper's, "
+    "Here: CPU only (the machine above), small models that install or build offline instead of the paper's, "
     "reduced training rows and epochs, and a few seeds; the numbers test whether the paper's direction holds at "
     "this scale, not its absolute values."
 )
@@ -46,11 +46,13 @@ DIFFERENCES = {
     "slad": (
         "SLAD adapts a larger and a smaller version of a vision foundation model (classification and segmentation "
         "datasets) on GPUs. Here text: all-MiniLM-L6 teaches a student made of its layers 0, 2, 4 on SST-2, with "
-        "the same seven arms. " + _COMMON
+        "the same arms (and FT of both, the speed baseline). " + _COMMON
     ),
     "slad_vision": (
         "SLAD adapts pretrained ViT-family teacher/student pairs on real classification and segmentation datasets "
-        "on GPUs. Here a tiny ViT pair (32 px digits, 32 wide, 4 / 2 layers) on CPU. " + _COMMON
+        "on GPUs. Here a tiny ViT pair (32 px digits, 32 wide, 4 / 2 layers), each pre-trained here on a "
+        "self-supervised source task (which rotation / mirror of a digit image), 3 epochs per model and arm, one lr "
+        "(3e-3) for every LoRA arm, on CPU: at ~10 s per job, fixed costs weigh on the speed check. " + _COMMON
     ),
     "lorafa_math": (
         "LoRA-FA trains LLaMA-family models on MetaMath / GSM8K (1024 tokens, bf16, several GPUs) and evaluates "
