@@ -17,7 +17,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lowrank_lab.adapters import wrap
-from lowrank_lab.adapters.init.gradient import save_init_offset
 from lowrank_lab.adapters.rank import rank_facts, resolve_auto_rank
 from lowrank_lab.callbacks.finite import StopOnNonFiniteLoss
 from lowrank_lab.config_tree import print_config_tree
@@ -162,7 +161,7 @@ def _run(cfg: DictConfig) -> float | None:
         adapter_dir = job_dir / "adapter"
         if trainer.is_global_zero:  # a method that trains several encoders (SLAD) saves them all
             module.save_adapters(adapter_dir)
-            save_init_offset(module.student, adapter_dir)  # init=gradient: the s·B₀A₀ it moved out of the base
+            init.save(module.student, adapter_dir)  # what the init changed in the base (init=gradient: s·B₀A₀)
             if OmegaConf.select(cfg, "save.merged", default=False):
                 save_merged(module.student, job_dir / "merged", getattr(datamodule, "tokenizer", None))
         status = "FINISHED"

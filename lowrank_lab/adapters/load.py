@@ -7,12 +7,15 @@ from pathlib import Path
 
 import torch.nn as nn
 from peft import PeftConfig, PeftModel
-from peft.tuners.lora.corda import preprocess_corda
 
-from lowrank_lab.adapters.init.base import init_rng
-from lowrank_lab.adapters.init.gradient import OFFSET_FILE, apply_init_offset
+from lowrank_lab.adapters.init.base import Initializer, init_rng
+from lowrank_lab.adapters.init.corda import CordaInit
+from lowrank_lab.adapters.init.gradient import GradientInit
 from lowrank_lab.adapters.wrap import check_adapter_mix
 from lowrank_lab.errors import bad_value
+
+# inits that change the base in a way peft does not redo from the adapter alone; each redoes its own on reload
+BASE_CHANGING: tuple[type[Initializer], ...] = (CordaInit, GradientInit)
 
 
 def load_adapter(
@@ -28,20 +31,13 @@ def load_adapter(
         raise bad_value("adapter path", str(path), "a directory written by save_pretrained (adapter_config.json)")
     config = PeftConfig.from_pretrained(str(path))
     check_adapter_mix(getattr(base_model, "peft_config", None), config)
-    init = getattr(config, "init_lora_weights", True)
-    if init == "corda":
-        cache = getattr(config.corda_config, "cache_file", None)
-        if not cache or not Path(cache).is_file():
-            raise bad_value("corda_config.cache_file", cache, "the CorDA cache this adapter was made with; rerun init")
-        preprocess_corda(base_model, config)  # eigen-factors from the cache; corda_init then rebuilds the residual
-    offset = (path / OFFSET_FILE).is_file()
-    if offset and isinstance(base_model, PeftModel):
-        raise bad_value("adapter path", str(path), "loaded onto a plain base (its init moved s·B₀A₀ out of the base)")
-    with init_rng(init):
+    for init in BASE_CHANGING:
+        init.before_reload(base_model, config, path)
+    with init_rng(getattr(config, "init_lora_weights", True)):
         if isinstance(base_model, PeftModel):
             base_model.load_adapter(str(path), adapter_name, is_trainable=is_trainable)
             return base_model
         model = PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
-    if offset:
-        apply_init_offset(model, path)  # after peft built the layers (and KaSA truncated), as at init
+    for init in BASE_CHANGING:
+        init.after_reload(model, path)
     return model

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +47,21 @@ class Initializer:
         from lowrank_lab.adapters.lora import AUTO, AUTO_NEEDS
 
         raise bad_value("peft.lora_r", AUTO, f"{AUTO_NEEDS}; init={self.name} cannot pick a rank")
+
+    # What an init changed in the base that peft cannot redo from the saved adapter: train.py calls `save` next to
+    # the adapter; adapters.load_adapter calls both reload hooks of every init in adapters.load.BASE_CHANGING, and
+    # each acts only on an adapter its own init made (by its adapter config or the file `save` wrote).
+    def save(self, model: nn.Module, adapter_dir: Path) -> None:
+        """Write next to the saved adapter what this init changed in `model`'s base (most inits: nothing; peft
+        itself redoes PiSSA's / OLoRA's residual and KaSA's truncation on reload)."""
+
+    @classmethod
+    def before_reload(cls, base_model: nn.Module, config: Any, adapter_dir: Path) -> None:
+        """load_adapter, before peft builds the layers on `base_model` from the adapter at `adapter_dir`."""
+
+    @classmethod
+    def after_reload(cls, model: nn.Module, adapter_dir: Path) -> None:
+        """load_adapter, after peft built the layers (and KaSA truncated the base), as at init."""
 
     def require_data(self, datamodule: Any) -> Any:
         """The datamodule, or the one-line error for an init that needs a data pass and got none."""

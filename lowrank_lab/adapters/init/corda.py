@@ -69,6 +69,17 @@ class CordaInit(Initializer):
         config.corda_config.cache_file = str(path)  # also recorded in adapter_config.json, for `load_adapter`
         return get_peft_model(model, config)
 
+    @classmethod
+    def before_reload(cls, base_model: nn.Module, config: Any, adapter_dir: Path) -> None:
+        """An adapter made by CorDA: its eigen-factors again from the cache file named in its config, so that peft's
+        corda init rebuilds the same residual base."""
+        if getattr(config, "init_lora_weights", None) != "corda":
+            return
+        cache = getattr(config.corda_config, "cache_file", None)
+        if not cache or not Path(cache).is_file():
+            raise bad_value("corda_config.cache_file", cache, "the CorDA cache this adapter was made with; rerun init")
+        preprocess_corda(base_model, config)
+
 
 def _as_sequence(module: nn.Module, args: tuple) -> tuple | None:
     """(1, d) -> (1, 1, d): a pre-hook for the calibration forward only."""

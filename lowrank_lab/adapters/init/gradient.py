@@ -241,6 +241,25 @@ class GradientInit(Initializer):
         model.__dict__[_OFFSET_ATTR] = record
         unit_diag_where_initialised(model)
 
+    def save(self, model: nn.Module, adapter_dir: Path) -> None:
+        """The s·B₀A₀ this init moved out of the base, next to the adapter (`init_offset.safetensors`)."""
+        save_init_offset(model, adapter_dir)
+
+    @classmethod
+    def before_reload(cls, base_model: nn.Module, config: Any, adapter_dir: Path) -> None:
+        from peft import PeftModel
+
+        if (Path(adapter_dir) / OFFSET_FILE).is_file() and isinstance(base_model, PeftModel):
+            raise bad_value(
+                "adapter path", str(adapter_dir), "loaded onto a plain base (its init moved s·B₀A₀ out of the base)"
+            )
+
+    @classmethod
+    def after_reload(cls, model: nn.Module, adapter_dir: Path) -> None:
+        """W ← W − s·B₀A₀ again from the offset file, when this init wrote one."""
+        if (Path(adapter_dir) / OFFSET_FILE).is_file():
+            apply_init_offset(model, adapter_dir)
+
     def _metric(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, Σ) of the adapted layer `name`: its base module's per-token averages + reg_alpha·I."""
         stats = next(v for k, v in self.metrics.items() if name == k or name.endswith("." + k))
