@@ -10,15 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lowrank_lab.data.task import KINDS
 from lowrank_lab.errors import LabError, bad_value
-
-# task kind (TaskSpec.kind) -> what it is, for the message; a model serves a task when model.head == task.kind
-KINDS = {
-    "seq_cls": "text classification/regression",
-    "causal_lm": "causal-LM text",
-    "image_cls": "image classification",
-    "image_seg": "image segmentation",
-}
 
 
 def validate(cfg: DictConfig, datamodule: Any) -> None:
@@ -55,10 +48,10 @@ def check_head(cfg: DictConfig, kind: str) -> None:
     model = _choice("model", str(cfg.model.get("name_or_path")))
     data = _choice("data", str(cfg.data.get("task", cfg.data.get("_target_"))))
     offer = ", ".join(f"model={e}" for e in entries_with_head(kind)[:4])
-    classify_lm = head == "causal_lm" and kind == "seq_cls"  # a causal LM classifies with a classification head
+    classify_lm = head in KINDS and KINDS[head].generative and kind == "seq_cls"  # an LM classifies with a cls head
     extra = f" or model.head={kind} on a pretrained causal-LM entry" if classify_lm else ""
     raise LabError(
-        f"model={model!r} has head {head!r}, which cannot serve data={data!r} ({KINDS[kind]}); "
+        f"model={model!r} has head {head!r}, which cannot serve data={data!r} ({KINDS[kind].description}); "
         f"allowed: a model whose head is {kind!r} ({offer}{extra})"
     )
 

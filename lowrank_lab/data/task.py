@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lowrank_lab.errors import bad_value
+
 ANSWER = re.compile(r"####\s*(.+)")
 
 
@@ -28,6 +30,23 @@ class GenerationProbe:
     max_new_tokens: int = 64
 
 
+@dataclass(frozen=True)
+class TaskKind:
+    """What a task kind means wherever the code must treat kinds differently (the one registry: KINDS)."""
+
+    description: str  # for messages: what data of this kind is
+    generative: bool = False  # labels are the next tokens (the vocabulary), per token; no classification head
+    dense: bool = False  # one label per pixel (segmentation): logits (B, C, H, W)
+
+
+KINDS: dict[str, TaskKind] = {  # TaskSpec.kind -> TaskKind; a model serves a task when model.head == task.kind
+    "seq_cls": TaskKind("text classification/regression"),
+    "causal_lm": TaskKind("causal-LM text", generative=True),
+    "image_cls": TaskKind("image classification"),
+    "image_seg": TaskKind("image segmentation", dense=True),
+}
+
+
 class TaskSpec:
     """Label space and metrics of a task. `metric` is the one reported and used as the sweep objective.
     Immutable; deliberately not a dataclass: Hydra's `instantiate` would turn a dataclass kwarg into a DictConfig."""
@@ -42,9 +61,11 @@ class TaskSpec:
         metric: str,
         metrics: tuple[str, ...] = (),
         regression: bool = False,
-        kind: str = "seq_cls",  # seq_cls | causal_lm | image_cls | image_seg
+        kind: str = "seq_cls",  # a key of KINDS
         probe: GenerationProbe | None = None,  # causal_lm: exact match of greedy generations
     ) -> None:
+        if kind not in KINDS:
+            raise bad_value("task kind", kind, f"one of {', '.join(KINDS)}")
         values = (name, num_labels, metric, tuple(metrics), regression, kind, probe)
         for key, value in zip(self.FIELDS, values):
             object.__setattr__(self, key, value)
@@ -69,6 +90,16 @@ class TaskSpec:
 
     def __repr__(self) -> str:
         return "TaskSpec(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.FIELDS if k != "probe") + ")"
+
+    @property
+    def generative(self) -> bool:
+        """Labels are next tokens (KINDS[kind].generative): per-token losses, the vocabulary as label space."""
+        return KINDS[self.kind].generative
+
+    @property
+    def dense(self) -> bool:
+        """One label per pixel (KINDS[kind].dense)."""
+        return KINDS[self.kind].dense
 
     @property
     def monitor(self) -> str:

@@ -112,7 +112,7 @@ class SLADModule(AdapterModule):
                 "none with training=sequential or teacher_adapter=full / probe (only LoRA teachers share)",
             ),
             ("method.adapter", adapter, adapter is not None or teacher_adapter == "full", "the student's peft= spec"),
-            ("data", task.name, task.kind != "causal_lm", "a classification or segmentation task"),
+            ("data", task.name, not task.generative, "a classification or segmentation task"),
         ]
         for key, value, ok, allowed in checks:
             if not ok:
@@ -169,7 +169,7 @@ class SLADModule(AdapterModule):
 
     def kd(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """T²·D(p_T^T ‖ p_S^T) over examples (B, C) or pixels (B, C, H, W); MSE for regression heads."""
-        if self.task.kind == "image_seg":
+        if self.task.dense:
             student_logits, teacher_logits = student_logits.movedim(1, -1), teacher_logits.movedim(1, -1)
         return kd_loss(
             student_logits,

@@ -60,7 +60,7 @@ class SLoRAModule(FinetuneModule):
         self.automatic_optimization = False
         self.lr_clock = lr_clock
         self.lag = 0  # batches rejected since the last optimizer step (lr_clock=batches catches up on them)
-        self.causal = self.task.kind == "causal_lm"
+        self.causal = self.task.generative
         n_out = int(self.student.config.vocab_size if self.causal else self.task.num_labels)
         head = find_head(self.student, n_out)
         self.gate = SLoRAGate(head.in_features, head.out_features, **dict(gate or {}))

@@ -139,7 +139,7 @@ class ForgettingCallback(L.Callback):
 
     def _on_device(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Batch]:
         task = getattr(pl_module, "task", None)
-        batches = self._reference(trainer, causal=getattr(task, "kind", None) == "causal_lm")
+        batches = self._reference(trainer, causal=getattr(task, "generative", False))
         return [{k: v.to(pl_module.device) for k, v in b.items()} for b in batches]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -131,7 +131,7 @@ def _saved_teacher(
     key = "method.teacher.name_or_path"
     path = resolve_name_or_path(settings.name_or_path, key=key)
     model = _load_model(backbone, path, key)
-    if task.kind != "causal_lm" and model.config.num_labels != task.num_labels:  # an LM's labels are its vocab
+    if not task.generative and model.config.num_labels != task.num_labels:  # an LM's labels are its vocab
         raise bad_value(
             key,
             settings.name_or_path,

@@ -147,7 +147,7 @@ def prepare(
     atomic_write(out, write, directory=True)  # replaces an unreadable teacher there
     print(
         f"teacher: built {out} in {info['train_seconds']}s "
-        f"(dev {task.metric}={info['dev']:.4f}, majority class {'n/a' if majority is None else f'{majority:.4f}'})",
+        f"(dev {task.metric}={info['dev']:.4f}, trivial baseline {'n/a' if majority is None else f'{majority:.4f}'})",
         file=sys.stderr,
         flush=True,
     )
