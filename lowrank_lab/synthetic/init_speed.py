@@ -7,9 +7,11 @@ default init? (LoRA-FA seed.) On the linear teacher–student setting, with y_T 
     lora_fa   B A = c²·[−G]_r/σ₁ (lorafa_factors, the init=gradient code), base W0 − B A
     lora_fa_unit  the same with c = 1 (init.scale=unit)
 
-Every init then trains (B, A) with the same Adam budget as the SAD study (methods.TrainConfig). The error of the
-adapter's effective update D = W_eff − W0 is reported over the Eckart–Young bound, E‖(ΔW − D)x‖² / Σ_{i>r} σᵢ²(W̃),
-after `early_step` and after all steps, per seed.
+Each init is one entry of `synthetic.inits.INITS`, the platform's own `init=` objects: peft builds default and PiSSA
+on a layer holding W0, init=gradient's `lorafa_factors` builds LoRA-FA from the exact G. Every init then trains
+(B, A) with the same Adam budget as the SAD study (methods.TrainConfig). The error of the adapter's effective update
+D = W_eff − W0 is reported over the Eckart–Young bound, E‖(ΔW − D)x‖² / Σ_{i>r} σᵢ²(W̃), after `early_step` and
+after all steps, per seed.
 
     python -m lowrank_lab.synthetic.init_speed --out outputs/reports/init_compare_synthetic [--tracking-uri URI]
 """
@@ -17,59 +19,31 @@ after `early_step` and after all steps, per seed.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lowrank_lab.adapters.init.gradient import lorafa_factors
 from lowrank_lab.losses import kd_loss
 from lowrank_lab.spectral import eckart_young_bound, weighted_error
+from lowrank_lab.synthetic.inits import INITS, STABLE_GAMMA, initial_factors, loss_gradient
 from lowrank_lab.synthetic.methods import TrainConfig
 from lowrank_lab.synthetic.setting import SyntheticSetting, make_setting
 
-INITS = ("default", "pissa", "lora_fa", "lora_fa_unit")
-STABLE_GAMMA = 128.0  # the seed's command line: init.scale=stable init.stable_gamma=128
-
-
-def loss_gradient(setting: SyntheticSetting) -> torch.Tensor:
-    """G = ∇_W E‖y_T − W x‖² at W = W0, by autograd (d_out, d_in); equals −2 ΔW Σ."""
-    w = setting.w0.clone().requires_grad_()
-    loss = kd_loss(setting.x @ w.T, setting.y, regression=True) * w.shape[0]  # E‖·‖² (undo the mean over d_out)
-    (grad,) = torch.autograd.grad(loss, w)
-    return grad
-
-
-def initial_factors(setting: SyntheticSetting, init: str, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B₀ (d_out, r), A₀ (r, d_in)) of one init; every init but `default` offsets the base by B₀A₀."""
-    d_out, d_in = setting.w0.shape
-    if init == "default":
-        gen = torch.Generator().manual_seed(seed)
-        bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_(a=√5), as peft does for lora_A
-        return torch.zeros(d_out, rank, dtype=torch.float64), (
-            torch.rand(rank, d_in, generator=gen) * 2 - 1
-        ).double() * bound
-    if init == "pissa":
-        U, S, Vh = torch.linalg.svd(setting.w0, full_matrices=False)
-        return U[:, :rank] * S[:rank].sqrt(), S[:rank].sqrt()[:, None] * Vh[:rank]
-    if init in ("lora_fa", "lora_fa_unit"):
-        scale = "stable" if init == "lora_fa" else "unit"
-        return lorafa_factors(loss_gradient(setting), rank, scale, scaling=1.0, stable_gamma=STABLE_GAMMA)
-    raise ValueError(f"init={init!r} is not allowed; use one of {INITS}.")
+__all__ = ["INITS", "STABLE_GAMMA", "initial_factors", "loss_gradient", "main", "run", "table", "train_curve"]
 
 
 def train_curve(setting: SyntheticSetting, init: str, rank: int, cfg: TrainConfig) -> list[float]:
-    """Error ratio E‖(ΔW − D)x‖² / bound of the effective update D = B A − B₀A₀, at step 0 and after each step."""
-    B0, A0 = initial_factors(setting, init, rank, cfg.seed)
+    """Error ratio E‖(ΔW − D)x‖² / bound of the effective update D = base + B A − W0, at step 0 and after each step."""
+    B0, A0, base = initial_factors(setting, init, rank, cfg.seed)
     B, A = B0.clone().requires_grad_(), A0.clone().requires_grad_()
-    offset = B0 @ A0 if init != "default" else torch.zeros_like(setting.w0)
+    offset = setting.w0 - base  # B₀A₀ where the init moved it out of the base, else 0: D = B A − offset
     bound = float(eckart_young_bound(setting.sigma_tilde, rank))
     opt = torch.optim.Adam([B, A], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * 1e-3)
     curve = [float(weighted_error(setting.delta_w, B @ A - offset, setting.x)) / bound]
     for _ in range(cfg.steps):
-        w_eff = setting.w0 - offset + B @ A
+        w_eff = base + B @ A
         loss = kd_loss(setting.x @ w_eff.T, setting.y, regression=True) * setting.w0.shape[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -2,7 +2,7 @@
 
     weight-SVD   B A = P_r ΔW,  P_r the top-r left singular projector of ΔW          (unweighted truncation)
     SAD-init     B = U_r, A = U_rᵀ ΔW,  U_r the top-r left singular vectors of W̃      (init=spectral)
-    KD-LoRA      min_{B,A} L_KD = E‖(W0 + ΔW)x − (W0 + B A)x‖²  from A ~ U(±1/√d_in), B = 0
+    KD-LoRA      min_{B,A} L_KD = E‖(W0 + ΔW)x − (W0 + B A)x‖²  from peft's init=default (B = 0, A ~ U(±1/√d_in))
     SAD-Align    min_{B,A} L_KD + α · L_align(B, U_r)                                 (SAD-LoRA, β = 0)
 
 For any B, with P_B the projector onto colspan(B), the data-weighted error splits by Pythagoras:
@@ -13,7 +13,7 @@ For any B, with P_B the projector onto colspan(B), the data-weighted error split
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,9 +27,8 @@ from lowrank_lab.spectral import (
     orthonormal_basis,
     weighted_error,
 )
+from lowrank_lab.synthetic.inits import initial_factors
 from lowrank_lab.synthetic.setting import SyntheticSetting
-
-METHODS = ("kd_lora", "sad_align", "sad_init", "weight_svd")
 
 
 @dataclass
@@ -58,15 +57,13 @@ def sad_init(setting: SyntheticSetting, rank: int) -> tuple[torch.Tensor, torch.
 def train_lora(
     setting: SyntheticSetting, rank: int, alpha_align: float, cfg: TrainConfig
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """LoRA from peft's default init trained on L_KD (+ α·L_align if alpha_align > 0).
+    """LoRA from peft's init=default (seeded by cfg.seed) trained on L_KD (+ α·L_align if alpha_align > 0).
 
     -> {step: (B (d_out, r), A (r, d_in))} at cfg.early_step and cfg.steps.
     """
-    d_out, d_in = setting.delta_w.shape
-    gen = torch.Generator().manual_seed(cfg.seed)
-    bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_(a=√5) on lora_A, as peft does
-    A = ((torch.rand(rank, d_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound).requires_grad_()
-    B = torch.zeros(d_out, rank, dtype=torch.float64, requires_grad=True)
+    d_out = setting.delta_w.shape[0]
+    B0, A0, _ = initial_factors(setting, "default", rank, cfg.seed)  # B₀ = 0, base W0
+    B, A = B0.clone().requires_grad_(), A0.clone().requires_grad_()
     u_target = data_weighted_subspace(setting.delta_w, setting.x, rank, method="exact")[0] if alpha_align else None
     x, y_teacher, w0 = setting.x, setting.y, setting.w0
     opt = torch.optim.Adam([B, A], lr=cfg.lr)
@@ -87,15 +84,21 @@ def train_lora(
     return snapshots
 
 
+Solver = Callable[[SyntheticSetting, int, TrainConfig], dict[int, tuple[torch.Tensor, torch.Tensor]]]
+SOLVERS: dict[str, Solver] = {  # method -> {training step: (B, A)}; 0 for the closed forms
+    "kd_lora": lambda setting, rank, cfg: train_lora(setting, rank, 0.0, cfg),
+    "sad_align": lambda setting, rank, cfg: train_lora(setting, rank, cfg.alpha_align, cfg),
+    "sad_init": lambda setting, rank, cfg: {0: sad_init(setting, rank)},
+    "weight_svd": lambda setting, rank, cfg: {0: weight_svd(setting, rank)},
+}
+METHODS = tuple(SOLVERS)
+
+
 def solve(setting: SyntheticSetting, method: str, rank: int, cfg: TrainConfig) -> dict[int, tuple[torch.Tensor, ...]]:
     """Adapter (B, A) of one method at one rank, keyed by training step (0 for the closed-form methods)."""
-    if method == "weight_svd":
-        return {0: weight_svd(setting, rank)}
-    if method == "sad_init":
-        return {0: sad_init(setting, rank)}
-    if method in ("kd_lora", "sad_align"):
-        return train_lora(setting, rank, cfg.alpha_align if method == "sad_align" else 0.0, cfg)
-    raise ValueError(f"method={method!r} is not allowed; use one of {METHODS}.")
+    if method not in SOLVERS:
+        raise ValueError(f"method={method!r} is not allowed; use one of {METHODS}.")
+    return SOLVERS[method](setting, rank, cfg)
 
 
 def error_split(setting: SyntheticSetting, B: torch.Tensor, A: torch.Tensor) -> dict[str, float]:
