@@ -1,5 +1,6 @@
-"""Shared fixtures: offline env, the repo's prepared data, and a `run_cli` that runs run.py in a subprocess
-against a fresh outputs folder (own MLflow store, own Hydra dirs)."""
+"""Shared fixtures: offline env, the repo's prepared data, `compose_config` (the repo's conf/ through Hydra's compose
+API), and a `run_cli` that runs run.py in a subprocess against a fresh outputs folder (own MLflow store, own Hydra
+dirs)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "outputs" / "data"
@@ -30,6 +33,13 @@ def _ensure_data() -> None:
 def data_dir() -> Path:
     _ensure_data()
     return DATA_DIR
+
+
+def compose_config(*overrides: str, config_name: str = "config", hydra: bool = False) -> DictConfig:
+    """`config_name` from the repo's conf/ with `overrides`, as run.py composes it; `hydra=True` keeps the `hydra`
+    section (sweeper params, launcher, runtime choices)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
 
 
 def run_cli(args: list[str], out: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

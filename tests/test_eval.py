@@ -10,19 +10,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lowrank_lab.callbacks.best import BestCheckpoint, monitor_mode
 from lowrank_lab.config_tree import config_tree_text, print_config_tree
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError
-from tests.conftest import REPO, mlflow_runs, run_cli
-
-
-def compose_conf(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
+from tests.conftest import REPO, compose_config, mlflow_runs, run_cli
 
 
 class Scripted(L.LightningModule):
@@ -66,7 +60,7 @@ def test_best_checkpoint_follows_the_task_metric(tmp_path: Path, metric: str, sc
 
 
 def test_config_tree_masks_credentials_and_turns_off(capsys: pytest.CaptureFixture) -> None:
-    cfg = compose_conf("config", "model=tiny-bert", "logger.tracking_uri=http://alice:s3cret@mlflow.lab:5000")
+    cfg = compose_config("model=tiny-bert", "logger.tracking_uri=http://alice:s3cret@mlflow.lab:5000")
     text = config_tree_text(cfg)
     assert list(text)[:5] == ["data", "model", "peft", "init", "method"] and "hydra" not in text
     assert "s3cret" not in "".join(text.values()) and "http://***@mlflow.lab:5000" in text["logger"]
@@ -82,10 +76,10 @@ def test_eval_refuses_a_directory_that_is_not_a_job(tmp_path: Path) -> None:
     from lowrank_lab.evaluate import evaluate
 
     with pytest.raises(LabError, match="run_dir"):
-        evaluate(compose_conf("eval", f"run_dir={tmp_path}"))
+        evaluate(compose_config(f"run_dir={tmp_path}", config_name="eval"))
     (tmp_path / "resolved_config.yaml").write_text("seed: 0\n")
     with pytest.raises(LabError, match="split"):
-        evaluate(compose_conf("eval", f"run_dir={tmp_path}", "split=train"))
+        evaluate(compose_config(f"run_dir={tmp_path}", "split=train", config_name="eval"))
 
 
 @pytest.mark.slow
@@ -109,7 +103,7 @@ def test_eval_reproduces_the_jobs_scores(tmp_path: Path) -> None:
     assert set(scores) == {"test/accuracy", "test/loss"}
     for key, value in scores.items():
         assert value == pytest.approx(job_run.data.metrics[key], abs=1e-4), key
-    cfg = compose_conf("eval", f"run_dir={job_dir}", "split=val", "log=false")
+    cfg = compose_config(f"run_dir={job_dir}", "split=val", "log=false", config_name="eval")
     val, key = evaluate(cfg)
     assert key == "val/accuracy" and val[key] == pytest.approx(job_run.data.metrics[key], abs=1e-4)
     assert len(mlflow_runs(tmp_path)) == 2  # log=false: no second eval run

@@ -19,7 +19,7 @@ from lowrank_lab.adapters import adapted_modules, load_adapter
 from lowrank_lab.adapters.init.gradient import DIRECTION_DEFAULTS, OFFSET_FILE, GradientInit, save_init_offset
 from lowrank_lab.errors import LabError
 from lowrank_lab.spectral import principal_angles
-from tests.test_inits import base_logits, build, compose_cfg, datamodule, logits, original_weight  # noqa: F401
+from tests.test_inits import base_logits, build, datamodule, init_cfg, logits, original_weight  # noqa: F401
 
 D_IN, D_OUT, N, R = 10, 7, 24, 3
 
@@ -115,7 +115,7 @@ GRAD = ["init=gradient", "init.bsz=4", "init.iters=2", "init.cache_dir=null"]
 def test_output_unchanged_and_reload(tmp_path: Path, datamodule, extra: list[str]) -> None:  # noqa: F811
     from hydra.utils import instantiate
 
-    cfg = compose_cfg(tmp_path, *GRAD, *extra)
+    cfg = init_cfg(tmp_path, *GRAD, *extra)
     model, original, batch = build(cfg, datamodule)
     before = base_logits(cfg, original, batch)
     after = logits(model, batch)
@@ -179,7 +179,7 @@ def test_each_direction_composes_with_its_own_whiten_and_offset(tmp_path: Path, 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = compose_cfg(tmp_path, *overrides)
+    cfg = init_cfg(tmp_path, *overrides)
     resolved = OmegaConf.to_container(cfg.init, resolve=True)  # what the job logs as init.* params
     assert (resolved["whiten"], resolved["offset"]) == (whiten, offset)
     init = instantiate(cfg.init)

@@ -9,40 +9,36 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from peft import PeftModel
 
 from lowrank_lab.adapters import adapted_modules, load_adapter, wrap
 from lowrank_lab.errors import LabError
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_config
 
 R = 4
 
 
-def compose_cfg(out: Path, *overrides: str):
+def init_cfg(out: Path, *overrides: str):
+    """The repo's config on the tiny BERT, 64 short SST-2 rows and rank R, with its init cache under `out`."""
     small_pass = {"init=corda": "init.num_samples=16", "init=eva": "init.num_batches=4"}
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(
-            "config",
-            overrides=[
-                "model=tiny-bert",
-                f"paths.output_dir={out}",  # the init cache goes to <out>/init_cache
-                f"paths.data_dir={REPO / 'outputs' / 'data'}",
-                "data.train_limit=64",
-                "data.batch_size=16",
-                "data.max_length=32",
-                f"peft.lora_r={R}",
-                "peft.lora_alpha=8",  # scaling 2: the residual checks see scaling·BA, not BA
-                *overrides,
-                *[small_pass[o] for o in overrides if o in small_pass],
-            ],
-        )
+    return compose_config(
+        "model=tiny-bert",
+        f"paths.output_dir={out}",  # the init cache goes to <out>/init_cache
+        f"paths.data_dir={REPO / 'outputs' / 'data'}",
+        "data.train_limit=64",
+        "data.batch_size=16",
+        "data.max_length=32",
+        f"peft.lora_r={R}",
+        "peft.lora_alpha=8",  # scaling 2: the residual checks see scaling·BA, not BA
+        *overrides,
+        *[small_pass[o] for o in overrides if o in small_pass],
+    )
 
 
 @pytest.fixture(scope="module")
 def datamodule(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    dm = instantiate(compose_cfg(tmp_path_factory.mktemp("dm")).data)
+    dm = instantiate(init_cfg(tmp_path_factory.mktemp("dm")).data)
     dm.setup("fit")
     return dm
 
@@ -91,7 +87,7 @@ CASES += [("dora", "pissa"), ("dora", "corda"), ("kasa", "pissa"), ("lora", "pis
 @pytest.mark.parametrize("peft,init", CASES, ids=[f"{p}-{i}" for p, i in CASES])
 def test_output_unchanged_at_step_0(shared: Path, datamodule, peft: str, init: str) -> None:
     name, *extra = init.split()
-    cfg = compose_cfg(shared, f"peft={peft}", f"init={name}", *extra)
+    cfg = init_cfg(shared, f"peft={peft}", f"init={name}", *extra)
     model, original, batch = build(cfg, datamodule)
     torch.testing.assert_close(logits(model, batch), base_logits(cfg, original, batch), atol=1e-5, rtol=0)
 
@@ -99,7 +95,7 @@ def test_output_unchanged_at_step_0(shared: Path, datamodule, peft: str, init: s
 @pytest.mark.parametrize("init", ["pissa", "olora", "corda", "pissa init.niter=4"])
 def test_base_plus_scaled_ba_is_the_original_weight(shared: Path, datamodule, init: str) -> None:
     name, *extra = init.split()
-    model, original, _ = build(compose_cfg(shared, f"init={name}", *extra), datamodule)
+    model, original, _ = build(init_cfg(shared, f"init={name}", *extra), datamodule)
     for layer_name, layer in adapted_modules(model).items():
         b, a, scaling = factors(layer)
         assert b.any() and a.any()
@@ -115,7 +111,7 @@ def test_base_plus_scaled_ba_is_the_original_weight(shared: Path, datamodule, in
 
 
 def test_kasa_keeps_the_factor_init_promise_with_unit_diag(shared: Path, datamodule) -> None:
-    model, original, _ = build(compose_cfg(shared, "peft=kasa", "init=pissa"), datamodule)
+    model, original, _ = build(init_cfg(shared, "peft=kasa", "init=pissa"), datamodule)
     for layer_name, layer in adapted_modules(model).items():
         b, a, scaling = factors(layer)
         diag = layer.lora_diag["default"].detach()
@@ -125,7 +121,7 @@ def test_kasa_keeps_the_factor_init_promise_with_unit_diag(shared: Path, datamod
 
 
 def test_orthogonal_factors_are_nonzero_with_zero_product(shared: Path, datamodule) -> None:
-    model, _, _ = build(compose_cfg(shared, "init=orthogonal"), datamodule)
+    model, _, _ = build(init_cfg(shared, "init=orthogonal"), datamodule)
     for layer in adapted_modules(model).values():
         b, a, _ = factors(layer)
         assert b.abs().sum() > 0 and a.abs().sum() > 0
@@ -134,7 +130,7 @@ def test_orthogonal_factors_are_nonzero_with_zero_product(shared: Path, datamodu
 
 def test_default_and_eva_start_from_b_zero(shared: Path, datamodule) -> None:
     for init in ("default", "eva"):
-        model, _, _ = build(compose_cfg(shared, f"init={init}"), datamodule)
+        model, _, _ = build(init_cfg(shared, f"init={init}"), datamodule)
         ranks = []
         for layer in adapted_modules(model).values():
             b, a, _ = factors(layer)
@@ -147,7 +143,7 @@ def test_default_and_eva_start_from_b_zero(shared: Path, datamodule) -> None:
 
 @pytest.mark.parametrize("init", ["corda", "eva"])
 def test_data_inits_cache_their_pass_and_reload_to_equal_logits(tmp_path: Path, datamodule, init: str) -> None:
-    cfg = compose_cfg(tmp_path, f"init={init}")
+    cfg = init_cfg(tmp_path, f"init={init}")
     model, original, batch = build(cfg, datamodule)
     cached = [p for p in (tmp_path / "init_cache").glob(f"{init}-*") if p.suffix != ".lock"]  # built under a lock
     assert len(cached) == 1
@@ -175,7 +171,7 @@ def test_data_inits_cache_their_pass_and_reload_to_equal_logits(tmp_path: Path, 
 
 
 def test_pissa_niter_reloads_exactly_through_our_loader(tmp_path: Path, datamodule) -> None:
-    cfg = compose_cfg(tmp_path, "init=pissa", "init.niter=2")
+    cfg = init_cfg(tmp_path, "init=pissa", "init.niter=2")
     model, original, batch = build(cfg, datamodule)
     expected = logits(model, batch)
     model.save_pretrained(tmp_path / "adapter")
@@ -187,7 +183,7 @@ def test_pissa_niter_reloads_exactly_through_our_loader(tmp_path: Path, datamodu
 
 def test_peft_reloads_pissa_and_olora_on_a_fresh_base(tmp_path: Path, datamodule) -> None:
     for init in ("pissa", "olora"):
-        cfg = compose_cfg(tmp_path, f"init={init}")
+        cfg = init_cfg(tmp_path, f"init={init}")
         model, original, batch = build(cfg, datamodule)
         expected = logits(model, batch)
         model.save_pretrained(tmp_path / init)
@@ -198,7 +194,7 @@ def test_peft_reloads_pissa_and_olora_on_a_fresh_base(tmp_path: Path, datamodule
 
 
 def test_apply_without_data_fails_with_one_line(tmp_path: Path, datamodule) -> None:
-    cfg = compose_cfg(tmp_path, "init=eva")
-    model, _, _ = build(compose_cfg(tmp_path), datamodule)
+    cfg = init_cfg(tmp_path, "init=eva")
+    model, _, _ = build(init_cfg(tmp_path), datamodule)
     with pytest.raises(LabError, match="init='eva': a datamodule"):
         instantiate(cfg.init).apply(model, datamodule=None)

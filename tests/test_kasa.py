@@ -189,14 +189,12 @@ def test_every_method_adds_the_regulariser_through_the_base_module() -> None:
 
 
 def test_beta_gamma_from_the_config() -> None:
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from tests.conftest import REPO
+    from tests.conftest import compose_config
 
     overrides = ["peft=kasa", "peft.kasa.beta=0.5", "peft.kasa.gamma=0.125", "peft.lora_r=4", "peft.use_rslora=true"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(*overrides)
     spec = instantiate(cfg.peft)
     config = spec.build("seq_cls", ["query", "value"], {"init_lora_weights": True})
     assert (config.kasa_config.beta, config.kasa_config.gamma) == (0.5, 0.125)

@@ -7,18 +7,15 @@ import csv
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
 from lowrank_lab.errors import LabError
 from lowrank_lab.tracking.loggers import build_loggers
-from tests.conftest import REPO, run_cli
+from tests.conftest import compose_config, run_cli
 
 
 def logger_node(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.run_dir={tmp_path}", f"paths.output_dir={tmp_path}", *overrides])
-    return cfg.logger
+    return compose_config(f"paths.run_dir={tmp_path}", f"paths.output_dir={tmp_path}", *overrides).logger
 
 
 def test_mlflow_entry_logs_into_the_jobs_run(tmp_path: Path) -> None:

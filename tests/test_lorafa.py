@@ -18,7 +18,7 @@ from lowrank_lab.methods.lorafa import ALIGN, TASK, LoRAFAModule, phase
 from lowrank_lab.optim import lora_pairs
 from lowrank_lab.teachers.module import Teacher
 from lowrank_lab.train import save_merged
-from tests.conftest import REPO, mlflow_runs, run_cli
+from tests.conftest import REPO, compose_config, mlflow_runs, run_cli
 from tests.test_kd import batch, lora, task, tiny_bert, weights_hash
 
 
@@ -153,12 +153,10 @@ ARMS = [("lorafa_math", "init=default"), ("lorafa_math", "init=gradient"), ("ini
 
 @pytest.mark.parametrize("experiment,arm", ARMS, ids=[f"{e}-{a}" for e, a in ARMS])
 def test_experiments_compose_for_every_arm(experiment: str, arm: str) -> None:
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}", arm])
+    cfg = compose_config(f"experiment={experiment}", arm)
     instantiate(cfg.init)  # the experiment adds no keys an init does not take
     sweep = OmegaConf.load(REPO / "conf" / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
     assert len(sweep.seed.split(",")) == 3 and "gradient" in sweep.init and experiment in cfg.tags

@@ -6,20 +6,18 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from lowrank_lab.methods.lorafa import ALIGN, TASK
 from lowrank_lab.teachers.module import Teacher
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_config
 from tests.test_kd import batch, lora, task, tiny_bert
 
 
 def arm(name: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=["experiment=lorafa_math", f"arm={name}"])
+    return compose_config("experiment=lorafa_math", f"arm={name}")
 
 
 def test_arms_compose_with_their_lambda_and_cycle() -> None:

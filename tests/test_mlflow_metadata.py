@@ -9,13 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from lowrank_lab.tracking.job import _MONITORS, finish_job_run, start_job_run
 from lowrank_lab.tracking.metadata import git_tags, hydra_choices, short_run_name
-from tests.conftest import REPO, mlflow_runs, run_cli
+from tests.conftest import REPO, compose_config, mlflow_runs, run_cli
 
 NAMES = [  # (config, Hydra choices, sweep job number) -> the run name
     (
@@ -46,8 +45,7 @@ def test_short_run_name(cfg: dict, choices: dict, number: int | None, expected: 
 
 
 def test_hydra_choices_are_the_composed_groups() -> None:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["method=sad", "model=tiny-bert", "data=rte"], return_hydra_config=True)
+    cfg = compose_config("method=sad", "model=tiny-bert", "data=rte", hydra=True)
     HydraConfig.instance().set_config(cfg)
     try:
         assert hydra_choices() == {

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from lowrank_lab.adapters import LoraSpec, wrap
@@ -17,12 +16,11 @@ from lowrank_lab.models import load_backbone
 from lowrank_lab.models.pairs import check_pair
 from lowrank_lab.models.surgery import derive_student
 from lowrank_lab.teachers.pair import load_pair_teacher
-from tests.conftest import REPO
+from tests.conftest import compose_config
 
 
 def model_cfg(entry: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"model={entry}", *overrides]).model
+    return compose_config(f"model={entry}", *overrides).model
 
 
 def build(cfg, **kwargs):

@@ -7,15 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO, mlflow_runs, run_cli
+from tests.conftest import compose_config, mlflow_runs, run_cli
 
 
 def test_optuna_search_composes() -> None:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    cfg = compose_config("hparams_search=optuna", hydra=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert set(sweeper.params) == {"method.optimizer.lr", "peft.lora_r"}

@@ -8,7 +8,6 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from peft import LoraConfig, get_peft_model
 from torch import nn
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader
 from lowrank_lab.errors import LabError
 from lowrank_lab.methods.finetune import FinetuneModule
 from lowrank_lab.optim import FrozenAOptim, OptimSpec, lora_pairs, precondition_grads, preconditioned
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_config
 from tests.test_kd import batch, lora, task, tiny_bert
 
 REG = 1e-3  # large enough that a wrong λ shows at float64 precision
@@ -150,6 +149,5 @@ def test_bad_optim_settings_are_one_line_errors() -> None:
 
 @pytest.mark.parametrize("entry", sorted(p.stem for p in (REPO / "conf" / "optim").glob("*.yaml")))
 def test_optim_entries_compose(entry: str) -> None:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"optim={entry}"])
+    cfg = compose_config(f"optim={entry}")
     assert isinstance(instantiate(cfg.optim), OptimSpec) and cfg.save.merged is False

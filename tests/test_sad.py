@@ -166,25 +166,22 @@ def test_batched_alignment_equals_per_layer_sum() -> None:
 
 
 def test_configs_compose() -> None:
-    from hydra import compose, initialize_config_dir
+    from tests.conftest import compose_config
 
-    from tests.conftest import REPO
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        sad = compose("config", overrides=["method=sad"])
-        assert sad.init._target_.endswith("SpectralInit") and sad.method.grad_clip == 1.0
-        assert (sad.method.alpha_align, sad.method.beta_coeff, sad.method.kd_temperature) == (1.0, 0.0, 4.0)
-        assert compose("config", overrides=["method=sad", "init=default"]).init._target_.endswith(".Initializer")
-        assert compose("config", overrides=["method=kd"]).init._target_.endswith(".Initializer")
-        for arm, init in (("kd", ".Initializer"), ("sad", "SpectralInit")):
-            cfg = compose("config", overrides=["experiment=sad_glue", f"method={arm}", "data=rte", "seed=1"])
-            assert cfg.init._target_.endswith(init) and cfg.peft.lora_r == 8 and cfg.method.kd_temperature == 4.0
-        sweep = compose("config", overrides=["experiment=sad_glue"], return_hydra_config=True).hydra.sweeper.params
-        arms = {"sad_glue_arm": "kd,kd_spectral,sad"}  # conf/sad_glue_arm: kd (B = 0), kd_spectral, sad
-        assert dict(sweep) == {"data": "sst2", **arms, "seed": "0,1,2,3,4"}  # small scale: SST-2, 5 seeds
-        assert compose("config", overrides=["experiment=sad_glue"]).method.teacher.seed == 0  # one teacher
-        arm = compose("config", overrides=["experiment=sad_glue", "sad_glue_arm=kd_spectral"])
-        assert arm.method._target_.endswith("DistillationModule") and arm.init._target_.endswith("SpectralInit")
+    sad = compose_config("method=sad")
+    assert sad.init._target_.endswith("SpectralInit") and sad.method.grad_clip == 1.0
+    assert (sad.method.alpha_align, sad.method.beta_coeff, sad.method.kd_temperature) == (1.0, 0.0, 4.0)
+    assert compose_config("method=sad", "init=default").init._target_.endswith(".Initializer")
+    assert compose_config("method=kd").init._target_.endswith(".Initializer")
+    for arm, init in (("kd", ".Initializer"), ("sad", "SpectralInit")):
+        cfg = compose_config("experiment=sad_glue", f"method={arm}", "data=rte", "seed=1")
+        assert cfg.init._target_.endswith(init) and cfg.peft.lora_r == 8 and cfg.method.kd_temperature == 4.0
+    sweep = compose_config("experiment=sad_glue", hydra=True).hydra.sweeper.params
+    arms = {"sad_glue_arm": "kd,kd_spectral,sad"}  # conf/sad_glue_arm: kd (B = 0), kd_spectral, sad
+    assert dict(sweep) == {"data": "sst2", **arms, "seed": "0,1,2,3,4"}  # small scale: SST-2, 5 seeds
+    assert compose_config("experiment=sad_glue").method.teacher.seed == 0  # one teacher
+    arm = compose_config("experiment=sad_glue", "sad_glue_arm=kd_spectral")
+    assert arm.method._target_.endswith("DistillationModule") and arm.init._target_.endswith("SpectralInit")
 
 
 def test_sad_refuses_a_teacher_without_updates() -> None:

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from lowrank_lab.errors import LabError
 from lowrank_lab.tracking.store import mask_credentials
 from lowrank_lab.train import resolve_checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_config
 
 
 class Payload:
@@ -160,8 +160,6 @@ def test_makefile_passes_paths_with_spaces_as_one_argument(tmp_path: Path) -> No
 def test_sbatch_setup_lines_quote_paths_with_spaces(tmp_path: Path) -> None:
     """hydra/launcher=slurm's `setup` lines, run by bash as sbatch runs them: the venv under a root with spaces and
     a quote is activated, and SLURM_CONF with spaces is exported whole."""
-    from hydra import compose, initialize_config_dir
-
     sys.path.insert(0, str(REPO / "launchers" / "plugins"))  # as run.py does: hydra/launcher=slurm's plugin
     root = tmp_path / "lab root's copy"
     (root / ".venv" / "bin").mkdir(parents=True)
@@ -170,8 +168,7 @@ def test_sbatch_setup_lines_quote_paths_with_spaces(tmp_path: Path) -> None:
     saved = {k: os.environ.get(k) for k in ("SLURM_CONF", "LOWRANK_LAB_ROOT")}
     os.environ.update(SLURM_CONF=slurm_conf, LOWRANK_LAB_ROOT=str(root))  # run.py sets the root to its checkout
     try:
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        cfg = compose_config("hydra/launcher=slurm", hydra=True)
         setup = OmegaConf.to_container(cfg.hydra.launcher.setup, resolve=True)
     finally:
         for key, value in saved.items():

@@ -235,16 +235,14 @@ def test_each_encoder_exports_a_peft_adapter(share: str, tmp_path) -> None:
 
 @pytest.mark.parametrize("experiment", ["slad", "slad_vision"])
 def test_every_arm_of_the_experiment_composes(experiment: str) -> None:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from tests.conftest import REPO
+    from tests.conftest import compose_config
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        swept = compose("config", [f"experiment={experiment}"], return_hydra_config=True)
-        arms = swept.hydra.sweeper.params.slad_arm.split(",")
-        assert arms == ["ft_kd", "probe_kd", "lora_kd", "separate", "slad_none", "slad_core", "slad_full", "ft_both"]
-        cfgs = {arm: compose("config", [f"experiment={experiment}", f"slad_arm={arm}"]) for arm in arms}
+    swept = compose_config(f"experiment={experiment}", hydra=True)
+    arms = swept.hydra.sweeper.params.slad_arm.split(",")
+    assert arms == ["ft_kd", "probe_kd", "lora_kd", "separate", "slad_none", "slad_core", "slad_full", "ft_both"]
+    cfgs = {arm: compose_config(f"experiment={experiment}", f"slad_arm={arm}") for arm in arms}
     for arm, cfg in cfgs.items():  # every method / trainer field follows `arm` through interpolation
         assert cfg.arm == arm
         assert cfg.peft._target_.endswith("FullFinetune" if arm == "ft_both" else "LoraSpec"), arm

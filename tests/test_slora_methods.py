@@ -14,7 +14,7 @@ from lowrank_lab.losses import LinearWarmup
 from lowrank_lab.methods.base import AdapterModule
 from lowrank_lab.methods.sad import SADModule
 from lowrank_lab.methods.slora import SLoRAModule
-from tests.conftest import REPO
+from tests.conftest import compose_config
 from tests.test_kd import batch, fake_datamodule, make_kd
 from tests.test_slora import GATE, _fit, _loader, _module
 
@@ -84,7 +84,6 @@ def test_slora_gates_sad_with_a_linear_warmup_alpha_schedule():
 
 
 def test_method_slora_sad_composes_with_a_warmup_alpha_schedule():
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     overrides = [
@@ -93,11 +92,9 @@ def test_method_slora_sad_composes_with_a_warmup_alpha_schedule():
         "+method.alpha_schedule.warmup_steps=10",
         "method.lr_clock=accepted",
     ]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(*overrides)
     assert cfg.method.base == "sad" and cfg.method.grad_clip == 1.0 and cfg.init._target_.endswith("SpectralInit")
     for other in ("slora", "sad", "slad"):  # `schedule` means nothing anywhere any more
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            assert "schedule" not in compose("config", overrides=[f"method={other}"]).method
+        assert "schedule" not in compose_config(f"method={other}").method
     schedule = instantiate(cfg.method.alpha_schedule)(alpha=3.0)
     assert [schedule(s) for s in (0, 5, 10, 20)] == pytest.approx([0.0, 1.5, 3.0, 3.0])

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from lowrank_lab.losses import grassmann_alignment
 from lowrank_lab.spectral import data_weighted_subspace
 from lowrank_lab.synthetic import COVARIANCES, SPECTRA, TrainConfig, error_split, make_setting, solve
 from lowrank_lab.synthetic.__main__ import cli
-from tests.conftest import REPO
+from tests.conftest import compose_config
 
 SETTINGS = [(s, c) for s in SPECTRA for c in COVARIANCES]
 RANKS = (1, 2, 4, 8)
@@ -91,6 +90,11 @@ def test_short_budget_kd_lora_is_more_misaligned_than_sad_align(settings: dict, 
         assert split["ratio"] == pytest.approx(1 + split["misalignment"] + split["coefficient"], rel=1e-9)
 
 
+def test_unknown_method_is_one_clear_error(settings: dict) -> None:
+    with pytest.raises(ValueError, match=r"method='lora' is not allowed; use one of \('kd_lora', 'sad_align'"):
+        solve(settings["gradual", "isotropic"], "lora", 2, SHORT)
+
+
 def test_misalignment_is_sandwiched_by_the_grassmann_loss(settings: dict) -> None:
     """(σ_r² − σ_{r+1}²)·L_align ≤ ‖(I − P_B)W̃‖² − Σ_{i>r}σᵢ² ≤ σ_1²·L_align  (Theorem 2)."""
     setting, rank = settings["gradual", "misaligned"], 4
@@ -142,8 +146,7 @@ def test_cli_writes_table_plot_and_one_mlflow_run(tmp_path: Path, capsys) -> Non
 
 
 def test_datamodule_composes_and_yields_teacher_pairs() -> None:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["data=synthetic", "data.n=64", "data.n_eval=16", "data.batch_size=8"])
+    cfg = compose_config("data=synthetic", "data.n=64", "data.n_eval=16", "data.batch_size=8")
     dm = instantiate(cfg.data)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
