@@ -1,4 +1,4 @@
-"""The loader side every non-GLUE datamodule shares: seeded shuffling, split loaders, a reference loader for
+"""The loader side every datamodule shares: seeded shuffling, split loaders, a reference loader for
 forgetting metrics (default: the first val examples without labels)."""
 
 from __future__ import annotations
@@ -54,8 +54,14 @@ class SplitDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def train_lengths(self) -> list[int] | None:
+        """Per-example lengths when train batches should group similar lengths (less padding); None: plain
+        seeded shuffling."""
+        return None
+
     def train_dataloader(self) -> DataLoader:
-        return train_loader(self.splits["train"], self.batch_size, self.seed, self.collate, self.num_workers)
+        data = self.splits["train"]
+        return train_loader(data, self.batch_size, self.seed, self.collate, self.num_workers, self.train_lengths())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.splits["val"], self.eval_batch_size)

@@ -7,12 +7,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 from torch.utils.data import DataLoader
 
-from lowrank_lab.data.base import check_limits
+from lowrank_lab.data.base import SplitDataModule, check_limits, load_tokenizer
 from lowrank_lab.data.collate import PadCollator
-from lowrank_lab.data.sampler import train_loader
 from lowrank_lab.data.sources import load_table, tokenize_cached
 from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import LabError, bad_value
@@ -57,7 +55,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
 }
 
 
-class GlueDataModule(L.LightningDataModule):
+class GlueDataModule(SplitDataModule):
     """Train / val / test loaders for one GLUE task. GLUE test labels are hidden, so `test` is the labelled dev
     split; with `heldout_fraction > 0`, `val` is carved from train (seeded) for model selection."""
 
@@ -78,7 +76,6 @@ class GlueDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         epochs: int = 1,
     ) -> None:
-        super().__init__()
         if task not in GLUE_TASKS:
             raise bad_value("data.task", task, f"one of {sorted(GLUE_TASKS)}")
         if path is not None and not Path(path).expanduser().exists():
@@ -86,11 +83,10 @@ class GlueDataModule(L.LightningDataModule):
         if max_length < 8:
             raise bad_value("data.max_length", max_length, "an integer >= 8")
         check_limits(train_limit=train_limit, val_limit=val_limit)
+        super().__init__(batch_size, eval_batch_size, num_workers, seed, reference_examples=64)
         self.name, self.spec = task, GLUE_TASKS[task]
         self.tokenizer_name, self.data_dir, self.path = tokenizer, Path(data_dir), path
-        self.max_length, self.batch_size = max_length, batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.max_length = max_length
         self.group_by_length = group_by_length  # train batches of similar length: less padding, same examples
         self.epochs = epochs  # the budget this task needs to learn with the default model (trainer.max_epochs)
         self.train_limit, self.val_limit, self.heldout_fraction = train_limit, val_limit, heldout_fraction
@@ -101,7 +97,6 @@ class GlueDataModule(L.LightningDataModule):
             metrics=self.spec.metrics,
             regression=self.spec.num_labels == 1,
         )
-        self.splits: dict[str, list[dict]] = {}
 
     def _layout(self) -> tuple:
         spec = self.spec
@@ -121,10 +116,6 @@ class GlueDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        from transformers import AutoTokenizer
-
-        from lowrank_lab.models import resolve_name_or_path
-
         train, dev, source = self._rows()
         if not train or not dev:
             raise LabError(f"data.task={self.name!r}: source {source} has an empty train or dev split")
@@ -140,10 +131,7 @@ class GlueDataModule(L.LightningDataModule):
             cut = max(1, int(len(idx) * self.heldout_fraction))
             raw["val"] = [train[i] for i in sorted(idx[:cut])]
             raw["train"] = [train[i] for i in sorted(idx[cut:])]
-        tok_path = resolve_name_or_path(self.tokenizer_name, key="model.tokenizer")
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_path)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(self.tokenizer_name)
         cache_dir = self.data_dir / "cache"
         for split, rows in raw.items():
             key = (
@@ -163,34 +151,16 @@ class GlueDataModule(L.LightningDataModule):
             )
         self.collate = PadCollator(self.tokenizer.pad_token_id, regression=self.task.regression)
 
-    def _loader(self, split: str) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.eval_batch_size,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+    def train_lengths(self) -> list[int] | None:
+        return [len(row["input_ids"]) for row in self.splits["train"]] if self.group_by_length else None
 
-    def train_dataloader(self) -> DataLoader:
-        data = self.splits["train"]
-        lengths = [len(row["input_ids"]) for row in data] if self.group_by_length else None
-        return train_loader(data, self.batch_size, self.seed, self.collate, self.num_workers, lengths)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def reference_dataloader(self, num: int = 64) -> DataLoader:
+    def reference_dataloader(self) -> DataLoader:
         """General text held out from every task (the end of tiny-shakespeare) for `metrics.forgetting`; the dev
         sentences (no labels) when that file is absent."""
         from lowrank_lab.data.reference import reference_loader, reference_texts
 
         text = self.data_dir / "text" / "tinyshakespeare.txt"
         if text.is_file():
-            texts = reference_texts(text, num, chars=300)
+            texts = reference_texts(text, self.reference_examples, chars=300)
             return reference_loader(self.tokenizer, texts, self.max_length, self.eval_batch_size)
-        rows = [{k: v for k, v in r.items() if k != "labels"} for r in self.splits["val"][:num]]
-        return DataLoader(rows, batch_size=self.eval_batch_size, collate_fn=self.collate)
+        return super().reference_dataloader()
