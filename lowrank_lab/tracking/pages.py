@@ -12,6 +12,7 @@ from pathlib import Path
 from lowrank_lab.tracking.metadata import COMMIT_TAG, DIRTY_TAG
 from lowrank_lab.tracking.results import Sweep, sweep_wall_seconds, wall_seconds
 
+PAGES_DIR = "docs/results"  # where the pages live, relative to the checkout
 _COMMON = (
     "Here: CPU only (the machine above), small models that install or build offline instead of the paper's, "
     "reduced training rows and epochs, and a few seeds; the numbers test whether the paper's direction holds at "
@@ -63,12 +64,16 @@ DIFFERENCES = {
 
 
 def git_state(root: Path | None = None) -> str:
-    """`<commit> (clean)` / `<commit> (dirty: uncommitted changes)`, or `unknown (no git)`."""
+    """`<commit> (clean)` / `<commit> (dirty: uncommitted changes)`, or `unknown (no git)`; the pages being
+    regenerated (PAGES_DIR) do not count as changes."""
     cwd = str(root or Path.cwd())
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){PAGES_DIR}"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git)"
