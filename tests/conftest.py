@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -40,6 +41,12 @@ def compose_config(*overrides: str, config_name: str = "config", hydra: bool = F
     section (sweeper params, launcher, runtime choices)."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+def unpadded(markdown: str) -> str:
+    """A markdown table's text with tabulate's column padding collapsed to one space, so a test can look for
+    `| a | b |` whatever the column widths (an empty cell reads `| |`)."""
+    return re.sub(r" {2,}", " ", markdown)
 
 
 def run_cli(args: list[str], out: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

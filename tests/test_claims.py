@@ -18,6 +18,7 @@ from scipy import stats as scipy_stats
 from lowrank_lab.tracking import claims, stats
 from lowrank_lab.tracking.report import write_report
 from lowrank_lab.tracking.results import default_group_by, load_sweep
+from tests.conftest import unpadded
 from tests.sweep_fixture import Store, new_store
 
 pytest_plugins = ["tests.sweep_fixture"]
@@ -80,7 +81,7 @@ def test_slora_criterion_by_hand(tmp_path: Path) -> None:
         assert row.wall_s_change == pytest.approx(wall / base_wall - 1)
         assert row.criterion == HOLDS[(row.seed, row.mode)]
 
-    markdown = files["markdown"].read_text()
+    markdown = unpadded(files["markdown"].read_text())
     # two seeds: the bootstrap CI of a mean change is [min, max] of the two (test_stats)
     # novelty: loss +0.25 / +0.40 % (< +0.5 %), steps −40 / −35 % (< −30 %): holds
     # loss_floor: loss +2.5 / −0.2 % straddles +0.5 %; combined: steps −28 / −40 % straddles −30 %: inconclusive
@@ -170,7 +171,7 @@ def test_sad_glue_two_comparisons(tmp_path: Path) -> None:
     assert got[("kd_spectral", "sst2")].verdict == "undecided: kd_spectral did not learn"
     assert got[("kd_spectral", "sst2")].base_learned == "no (5/6)" and got[("kd", "sst2")].base_learned == "yes (6/6)"
 
-    markdown = files["markdown"].read_text()
+    markdown = unpadded(files["markdown"].read_text())
     assert "SAD vs KD, B = 0 (the paper's comparison): holds on 2 of 2 (rte, sst2)" in markdown
     assert "SAD vs KD, same spectral init (what L_align adds): holds on 0 of 2; inconclusive on 1 (rte); " in markdown
     assert "undecided on 1 (sst2)" in markdown

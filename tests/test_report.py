@@ -19,6 +19,7 @@ from lowrank_lab.tracking import pages, stats
 from lowrank_lab.tracking.plots import PLOT_FILES
 from lowrank_lab.tracking.report import main, write_report
 from lowrank_lab.tracking.results import ReportError, load_sweep, method_name
+from tests.conftest import unpadded
 from tests.sweep_fixture import Store
 from tests.test_claims import BASELINE, GLUE, JOBS_COMMIT, sad_glue_store
 
@@ -74,7 +75,7 @@ def test_table_delta_plots_and_artifacts(fake: Store, tmp_path: Path) -> None:
         assert row.t_p == pytest.approx(scipy_stats.ttest_rel(new, [n - d for n, d in zip(new, diffs)]).pvalue)
         assert (row.ci_low, row.ci_high) == pytest.approx(stats.bootstrap_ci(diffs)) and np.isnan(row.wilcoxon_p)
 
-    markdown = files["markdown"].read_text()
+    markdown = unpadded(files["markdown"].read_text())
     assert "| method | rte (val/accuracy) | stsb (val/spearman) |" in markdown
     assert "## sad vs kd, paired by seed" in markdown and "Δ (sad − kd)" in markdown and "| p (t) |" in markdown
     assert "12 finished of 13" in markdown
@@ -124,7 +125,9 @@ def test_report_of_a_real_sweep(small_sweep: Store, tmp_path: Path, capsys: pyte
     written = {"report.md", "summary.csv", "runs.csv", "val_metric_vs_step.png"}
     assert {p.name for p in out.iterdir()} == written
     assert _artifacts(small_sweep.uri, small_sweep.parent_id) == written
-    assert f"| finetune | {summary['mean'][0]:.4f} ± {summary['std'][0]:.4f} (n=2) |" in (out / "report.md").read_text()
+    assert f"| finetune | {summary['mean'][0]:.4f} ± {summary['std'][0]:.4f} (n=2) |" in unpadded(
+        (out / "report.md").read_text()
+    )
     assert f"logged to run {small_sweep.parent_id}" in capsys.readouterr().out
 
 
@@ -135,7 +138,7 @@ def test_results_page(tmp_path: Path) -> None:
     page = tmp_path / "docs" / "results" / "sad_glue.md"
     argv = ["sad_glue", "--tracking-uri", uri, "--out", str(tmp_path / "r"), "--no-log", "--page", str(page)]
     assert main([*argv, "--command", "make reproduce-sad-glue SCALE=small"]) == 0
-    text = page.read_text()
+    text = unpadded(page.read_text())
     sections = ["## Claim", "## How this was made", "## Results", "## Paired test", "## Verdict", "## Plots"]
     sections += ["## Differences from the paper"]
     assert [text.index(s) for s in sections] == sorted(text.index(s) for s in sections)
@@ -153,7 +156,7 @@ def test_results_page(tmp_path: Path) -> None:
     row = f"| sad | sad | {rte.mean():.4f} ± {rte.std(ddof=1):.4f} (n=6) |"
     assert (
         row in text
-        and f"| baseline (trivial predictor) |  | {BASELINE['rte']:.4f} | {BASELINE['sst2']:.4f} | – |" in text
+        and f"| baseline (trivial predictor) | | {BASELINE['rte']:.4f} | {BASELINE['sst2']:.4f} | – |" in text
     )
     assert "**SAD vs KD, B = 0 (the paper's comparison): holds on 2 of 2 (rte, sst2) |" in text
     assert pages.DIFFERENCES["sad_glue"] in text

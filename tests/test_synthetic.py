@@ -12,7 +12,7 @@ from lowrank_lab.losses import grassmann_alignment
 from lowrank_lab.spectral import data_weighted_subspace
 from lowrank_lab.synthetic import COVARIANCES, SPECTRA, TrainConfig, error_split, make_setting, solve
 from lowrank_lab.synthetic.__main__ import cli
-from tests.conftest import compose_config
+from tests.conftest import compose_config, unpadded
 
 SETTINGS = [(s, c) for s in SPECTRA for c in COVARIANCES]
 RANKS = (1, 2, 4, 8)
@@ -126,8 +126,8 @@ def test_cli_writes_table_plot_and_one_mlflow_run(tmp_path: Path, capsys) -> Non
     assert cli(args) == 0  # in-process: `python -m lowrank_lab.synthetic` only adds sys.exit around it
     files = {"sad_synthetic.md", "sad_synthetic.csv", "sad_synthetic.png"}
     assert files <= {p.name for p in out.iterdir()}
-    assert "| gradual | misaligned | 4 |" in capsys.readouterr().out  # the table is printed too
-    table = (out / "sad_synthetic.md").read_text()
+    assert "| gradual | misaligned | 4 |" in unpadded(capsys.readouterr().out)  # the table is printed too
+    table = unpadded((out / "sad_synthetic.md").read_text())
     assert "| gradual | misaligned | 4 |" in table and "KD-LoRA @5" in table and "SAD-Align @20" in table
     assert len((out / "sad_synthetic.csv").read_text().splitlines()) == 1 + 2 * 2 * (2 + 2 * 2)
 

@@ -92,14 +92,18 @@ def write(curves: dict, rows: list[dict], early: int, out: Path, tracking_uri: s
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from lowrank_lab.tracking.tables import markdown_table
+
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     df.to_csv(out / "init_speed.csv", index=False)
-    lines = [f"| covariance | init | ratio at step 10 | at step {early} | final |", "|---|---|---|---|---|"]
-    for r in rows:
-        cells = [f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}" for k in ("step10", f"step{early}", "final")]
-        lines.append(f"| {r['covariance']} | {r['init']} | " + " | ".join(cells) + " |")
-    (out / "init_speed.md").write_text("\n".join(lines) + "\n")
+    head = ["covariance", "init", "ratio at step 10", f"at step {early}", "final"]
+    table = [
+        [r["covariance"], r["init"]]
+        + [f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}" for k in ("step10", f"step{early}", "final")]
+        for r in rows
+    ]
+    (out / "init_speed.md").write_text(markdown_table(pd.DataFrame(table, columns=head)) + "\n")
     covs = sorted({c for c, _ in curves})
     fig, axes = plt.subplots(1, len(covs), figsize=(5 * len(covs), 3.5), squeeze=False)
     for ax, cov in zip(axes[0], covs):

@@ -109,6 +109,10 @@ def findings(rows: list[dict], cfg: StudyConfig) -> list[str]:
 
 def write_tables(rows: list[dict], cfg: StudyConfig, out: Path) -> tuple[Path, Path]:
     """sad_synthetic.csv (one row per method and step) and sad_synthetic.md (one row per setting and rank)."""
+    import pandas as pd
+
+    from lowrank_lab.tracking.tables import markdown_table
+
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "sad_synthetic.csv", out / "sad_synthetic.md"
     with csv_path.open("w", newline="") as f:
@@ -130,17 +134,15 @@ def write_tables(rows: list[dict], cfg: StudyConfig, out: Path) -> tuple[Path, P
         "",
         *findings(rows, cfg),
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
     ]
+    table = []
     for spectrum in cfg.spectra:
         for covariance in cfg.covariances:
             for rank in cfg.ranks:
                 first = index[(spectrum, covariance, rank, "sad_init", 0)]
                 cells = [_cell(index.get((spectrum, covariance, rank, m, s)), s > 0) for m, s in columns]
-                lines.append(
-                    f"| {spectrum} | {covariance} | {rank} | {first['bound']:.3e} | " + " | ".join(cells) + " |"
-                )
+                table.append([spectrum, covariance, rank, f"{first['bound']:.3e}", *cells])
+    lines.append(markdown_table(pd.DataFrame(table, columns=head)))
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 

@@ -184,8 +184,6 @@ _STAT_COLUMNS = {"n", "t_p", "wilcoxon_p", "ci_low", "ci_high", "baseline", "not
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    """A pipe table (no tabulate dependency)."""
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    """A GitHub pipe table of the frame's cells as they are (pandas + tabulate; cells are already formatted
+    strings, so tabulate must not re-parse "+0.32" or "0.4515" as numbers)."""
+    return df.astype(str).to_markdown(index=False, tablefmt="github", disable_numparse=True)
