@@ -300,3 +300,49 @@ def test_adapter_claims_paired_by_seed(tmp_path: Path) -> None:
         set(claim.shown["paper Δ"]) == {"higher"}
         and "KaSA vs LoRA (KaSA's GLUE table): holds on 1 of 1" in claim.verdict
     )
+
+
+# (arm, init) -> test/perplexity per seed 0..4 (lower is better; the unigram baseline is 400)
+LORAFA = {
+    ("task_only", "default"): [12.0, 11.0, 13.0, 12.5, 11.5],
+    ("task_only", "gradient"): [11.0, 10.2, 12.1, 11.4, 10.6],  # lower on every seed: holds
+    ("align", "default"): [11.5, 10.5, 12.5, 12.0, 11.0],
+    ("align", "gradient"): [12.0, 11.1, 13.2, 12.4, 11.6],  # higher on every seed: does not hold (init)
+    ("cyclic", "gradient"): [11.8, 11.3, 13.0, 12.7, 11.4],  # around align/gradient; seed 3 did not learn
+}
+
+
+def test_lorafa_claims_paired_by_seed(tmp_path: Path) -> None:
+    """experiment=lorafa_math: the gradient init, the alignment term and the cycle, each paired by seed on the
+    perplexity with the claimed side below 0; a run that did not learn leaves its comparison undecided."""
+    uri = new_store(tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("lorafa_math", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    parent = client.create_run(exp, tags={"lowrank_lab.sweep": "true"}).info.run_id
+    for (arm, init), values in LORAFA.items():
+        for seed, value in enumerate(values):
+            tags = {"mlflow.parentRunId": parent, "override.experiment": "lorafa_math"}
+            tags |= {"override.arm": arm, "override.init": init, "init": init, "method": "lorafa"}
+            tags["lowrank_lab.learned"] = "false" if (arm, seed) == ("cyclic", 3) else "true"
+            run = client.create_run(exp, tags=tags).info.run_id
+            metrics = [Metric("test/perplexity", value, 0, 5), Metric("baseline/perplexity", 400.0, 0, 0)]
+            params = [Param("seed", str(seed)), Param("data.task", "gsm8k")]
+            client.log_batch(run, metrics=metrics, params=params)
+            client.set_terminated(run, "FINISHED")
+    sweep = load_sweep(parent, uri)
+    claim = claims.check(sweep, default_group_by(sweep.finished))
+
+    got = {(row.base_arm, row.new_arm): row for row in claim.table.itertuples()}
+    for (base, new), row in got.items():
+        b, n = (np.array(LORAFA[tuple(a.split("/"))]) for a in (base, new))
+        assert row.n == 5 and row.metric == "test/perplexity"
+        assert row.delta_mean == pytest.approx((n - b).mean())
+        assert row.t_p == pytest.approx(scipy_stats.ttest_rel(n, b).pvalue)
+        assert (row.ci_low, row.ci_high) == pytest.approx(stats.bootstrap_ci(n - b))
+    assert {pair: row.verdict for pair, row in got.items()} == {
+        ("task_only/default", "task_only/gradient"): "holds",
+        ("align/default", "align/gradient"): "does not hold",
+        ("task_only/gradient", "align/gradient"): "does not hold",
+        ("align/gradient", "cyclic/gradient"): "undecided: cyclic/gradient did not learn",
+    }
+    assert set(claim.shown["paper Δ"]) == {"lower"}

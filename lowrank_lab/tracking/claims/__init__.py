@@ -8,6 +8,7 @@ did not learn (tag lowrank_lab.learned=false) is `undecided: <arm> did not learn
     sad_glue                   SAD-LoRA: per task, SAD − KD (B = 0; the paper's comparison) and SAD − KD with the same
                                spectral init (what L_align adds), against the paper's Δ
     adapter_compare            KaSA / DoRA / PiSSA / OLoRA vs LoRA with peft's init, in each paper's direction
+    lorafa_math                LoRA-FA: gradient init vs peft's, alignment vs task loss, cyclic vs every step
     slad(_vision)              SLAD: LoRA vs FT teacher (CKA, distilled student), joint vs separate, speed vs FT
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 from lowrank_lab.tracking.claims.adapters import adapters_over_lora
 from lowrank_lab.tracking.claims.base import Claim, Comparison, paired_arms
+from lowrank_lab.tracking.claims.lorafa import lorafa_parts
 from lowrank_lab.tracking.claims.sad import PAPER_SAD_MINUS_KD, sad_over_kd
 from lowrank_lab.tracking.claims.slad import slad_arms
 from lowrank_lab.tracking.claims.slora import slora_gate
@@ -28,6 +30,7 @@ CLAIMS: dict[str, Callable[[Sweep, list[str]], Claim]] = {
     "slora_ablation_instruct": slora_gate,
     "sad_glue": sad_over_kd,
     "adapter_compare": adapters_over_lora,
+    "lorafa_math": lorafa_parts,
     "slad": slad_arms,
     "slad_vision": slad_arms,
 }
