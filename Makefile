@@ -114,7 +114,8 @@ reproduce-slora: reproduce-scale $(STAMP) $(DATA)
 	$(if $(filter paper,$(SCALE)),$(call reproduce,slora_ablation_instruct,model=llama-3.2-1b trainer=gpu))
 
 reproduce-lorafa: conf/experiment/lorafa_math.yaml reproduce-scale $(STAMP) $(DATA)
-	$(call reproduce,lorafa_math,model=llama-3.2-1b trainer=gpu)
+	$(call reproduce,lorafa_math,model=llama-3.2-1b trainer=gpu data.train_limit=null data.val_limit=200 \
+		data.max_length=512 data.exact_match_examples=16 arms.cyclic.task_steps=20 arms.cyclic.align_steps=5)
 
 # SLAD's arms on the pre-trained tiny ViT pair (digits): 8 arms x 5 seeds. Measured here: 9 min wall for 40 jobs
 # (~12 s each; the two pre-trained bases ~2 min each the first time). Budget 60 min.

@@ -25,7 +25,7 @@ def test_arms_compose_with_their_lambda_and_cycle() -> None:
     assert got == {
         "task_only": (0.0, {"task_steps": 0, "align_steps": 0}),
         "align": (1.0, {"task_steps": 0, "align_steps": 0}),
-        "cyclic": (1.0, {"task_steps": 20, "align_steps": 5}),
+        "cyclic": (1.0, {"task_steps": 4, "align_steps": 1}),
     }
     sweep = OmegaConf.load(REPO / "conf" / "experiment" / "lorafa_math.yaml").hydra.sweeper.params
     assert sweep.arm.split(",") == ["task_only", "align", "cyclic"]
