@@ -83,6 +83,26 @@ def test_table_delta_plots_and_artifacts(fake: Store, tmp_path: Path) -> None:
     assert _artifacts(fake.uri, fake.parent_id) == {p.name for p in files.values()}
 
 
+def test_by_seed_plot_joins_each_seeds_values(fake: Store) -> None:
+    """The per-seed plot: a panel per task, one line per seed through that seed's value of each method (the values
+    the paired Δ pairs), the mean of each method as a bar."""
+    from lowrank_lab.tracking.plots import by_seed_figure
+    from lowrank_lab.tracking.tables import run_values
+
+    fig = by_seed_figure(run_values(load_sweep(fake.experiment, fake.uri), ["method"]), ["method"])
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert set(panels) == {"rte", "stsb"}  # the fake store logs no baseline: the title is the task alone
+    for task, ax in panels.items():
+        methods = [t.get_text() for t in ax.get_xticklabels()]
+        assert methods == ["kd", "sad"]
+        seed_lines = sorted(tuple(line.get_ydata()) for line in ax.get_lines() if len(line.get_xdata()) == 2)
+        expected = sorted(tuple(fake.values[(m, task, s)] for m in methods) for s in range(3))
+        np.testing.assert_allclose(seed_lines, expected)
+        bars = sorted(c.get_segments()[0][0][1] for c in ax.collections)
+        means = sorted(np.mean([fake.values[(m, task, s)] for s in range(3)]) for m in methods)
+        assert bars == pytest.approx(means)
+
+
 def test_group_by_and_metric_options(fake: Store, tmp_path: Path) -> None:
     sweep = load_sweep(fake.parent_id, fake.uri)
     files = write_report(sweep, tmp_path, ["method", "peft.lora_r"], ["val/loss", "val/pearson"], log=False)

@@ -7,6 +7,8 @@ the sweep logged nothing to draw.
                                     per layer: the jobs' plots/spectral_history.jsonl
     val loss vs accepted steps      val/loss against gate/accepted_steps      (slora)
     paired Δ with its 95 % CI       a claim's or two methods' per-seed deltas (delta_figure; the report's table)
+    reported metric by seed         each seed's final value per configuration, joined across configurations, and
+                                    the task's trivial baseline (by_seed_figure; the report's run table)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ PLOT_FILES = tuple(
         "spectral_angle_vs_layer",
         "val_loss_vs_accepted_steps",
         "delta_ci",
+        "reported_by_seed",
     )
 )
 
@@ -195,6 +198,39 @@ def delta_figure(rows: list[dict[str, Any]], title: str) -> Any | None:
     ax.set_yticks(ys, [r["name"] for r in rows], fontsize=7)
     ax.set(xlabel="paired Δ (per-seed difference)")
     ax.legend(fontsize=7)
+    return fig
+
+
+def by_seed_figure(values: Any, group_by: list[str]) -> Any | None:
+    """One panel per (task, metric): each seed's final value per configuration, a grey line joining one seed's
+    values (the pairing the paired Δ uses), the mean as a bar, the trivial baseline (dashed when near); `values` is
+    tables.run_values' frame (columns group_by + task, seed, metric, value, baseline, learned)."""
+    if values.empty:
+        return None
+    values = values.assign(config=values[group_by].astype(str).agg(" · ".join, axis=1) if group_by else "all")
+    panels = sorted(values.groupby(["task", "metric"]).groups)
+    fig, axes = _figure(len(panels), "reported metric per seed (lines join a seed; ×: did not learn)")
+    fig.suptitle(fig.get_suptitle(), fontsize=9)
+    for ax, (task, metric) in zip(axes, panels):
+        rows = values[(values.task == task) & (values.metric == metric)]
+        configs = sorted(rows.config.unique())
+        x = {c: i for i, c in enumerate(configs)}
+        for _, seed_rows in rows.groupby("seed"):
+            seed_rows = seed_rows.sort_values("config", key=lambda col: col.map(x))
+            ax.plot(seed_rows.config.map(x), seed_rows.value, color="0.6", lw=0.8, marker="o", ms=3)
+        for config, group in rows.groupby("config"):
+            ax.hlines(group.value.mean(), x[config] - 0.25, x[config] + 0.25, color="C0", lw=2)
+            missed = group[group.learned == False]  # noqa: E712 (None: untagged)
+            ax.plot([x[config]] * len(missed), missed.value, "x", color="C3", ms=7)
+        title = task
+        if rows.baseline.notna().any():  # drawn when near the values; far below, it would flatten the differences
+            base, low, high = rows.baseline.dropna().mean(), rows.value.min(), rows.value.max()
+            title += f" (trivial baseline {base:.4g})"
+            if low - (high - low) <= base <= high + (high - low):
+                ax.axhline(base, color="C3", ls="--", lw=0.8, label="trivial baseline")
+                ax.legend(fontsize=7)
+        ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right", fontsize=7)
+        ax.set(title=title, ylabel=metric)
     return fig
 
 
