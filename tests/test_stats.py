@@ -117,3 +117,24 @@ def test_decide_and_tally() -> None:
     verdicts = ["holds", "inconclusive", "does not hold", "undecided: kd did not learn", "holds"]
     expected = "holds on 2 of 5 (a, e); does not hold on 1 (c); inconclusive on 1 (b); undecided on 1 (d)"
     assert stats.tally(verdicts, list("abcde")) == expected and stats.tally([], []) == "not checked"
+
+
+def test_an_arm_the_seed_does_not_change_is_undecided() -> None:
+    """Deterministic runs (e.g. a data-aware init with the data order fixed) give one value for every seed: the
+    bootstrap CI of a constant Δ is a point, which would read as a certain win; the comparison is undecided instead."""
+    import pandas as pd
+
+    from lowrank_lab.tracking.tables import compare
+
+    rows = [("peft", s, 4.8 + 0.01 * s) for s in range(3)] + [("grad", s, 4.5) for s in range(3)]
+    values = pd.DataFrame(rows, columns=["arm", "seed", "value"]).assign(task="gsm8k", baseline=900.0, learned=True)
+    row = compare(values, "arm", "peft", "grad", ["task"]).iloc[0]
+    assert row["same_every_seed"] == "grad" and row["ci_low"] < row["ci_high"] < 0  # a CI that alone would say holds
+    ci = (row["ci_low"], row["ci_high"])
+    assert (
+        stats.decide(ci, -1.0, "", row["same_every_seed"])
+        == "undecided: grad is the same for every seed (not replicates)"
+    )
+    assert stats.decide(ci, -1.0, "", "") == "holds"
+    varied = values.assign(value=values["value"] + np.where(values["arm"] == "grad", 0.001 * values["seed"], 0.0))
+    assert compare(varied, "arm", "peft", "grad", ["task"]).iloc[0]["same_every_seed"] == ""

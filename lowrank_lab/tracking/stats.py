@@ -11,6 +11,8 @@ Verdict against the paper's Δ (in the metric's units and sign; its sign is the 
                             does not hold  CI lies entirely outside it (the difference is shown to be large)
                             inconclusive   otherwise ("CI contains 0" alone is absence of evidence, not ≈)
     any arm with a run that did not beat its trivial baseline: `undecided: <arm> did not learn` (decide())
+    an arm with the same value for every seed (≥ 2): `undecided: <arm> is the same for every seed` (the seed
+    changes nothing in it, so its seeds are not replicates and a CI over them means nothing)
 Never mean ± sd. With very few seeds the percentile bootstrap is optimistic (for 3 seeds its 95 % interval is about
 [min Δ, max Δ]); the report prints n and the t-test p beside it so a reader can weigh that.
 """
@@ -102,10 +104,13 @@ def verdict(ci: tuple[float, float] | None, paper_delta: float, margin: float = 
     return HOLDS if low > 0 else FAILS if high < 0 else INCONCLUSIVE
 
 
-def decide(ci: tuple[float, float] | None, paper_delta: float, not_learned: str) -> str:
-    """stats.verdict, unless an arm of the comparison has a run that did not learn."""
+def decide(ci: tuple[float, float] | None, paper_delta: float, not_learned: str, same_every_seed: str = "") -> str:
+    """stats.verdict, unless an arm of the comparison has a run that did not learn or gives one value for every
+    seed (comma-separated arm names)."""
     if not_learned:
         return f"undecided: {' and '.join(not_learned.split(','))} did not learn"
+    if same_every_seed:
+        return f"undecided: {' and '.join(same_every_seed.split(','))} is the same for every seed (not replicates)"
     return verdict(ci, paper_delta)
 
 

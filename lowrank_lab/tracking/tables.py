@@ -105,7 +105,8 @@ def _counts_text(counts: tuple[int, int]) -> str:
 def compare(values: pd.DataFrame, arm: str, base: str, new: str, by: list[str]) -> pd.DataFrame:
     """Per group of `by`: arm `new` against arm `base` (values of column `arm`) paired by seed — each arm's mean and
     sd over the paired seeds, Δ = new − base with stats.paired (t-test p, Wilcoxon p, bootstrap CI), the mean
-    trivial baseline, and whether each arm learned (over all its finished runs in the group)."""
+    trivial baseline, whether each arm learned (over all its finished runs in the group), and the arms whose value is
+    the same for every paired seed (`same_every_seed`: the seed changed nothing in them)."""
     runs = values[values[arm].isin([base, new])]
     wide = runs.pivot_table(index=[*by, "seed"], columns=arm, values="value", aggfunc="mean").reset_index()
     if base not in wide or new not in wide:
@@ -124,6 +125,7 @@ def compare(values: pd.DataFrame, arm: str, base: str, new: str, by: list[str]) 
         row |= {"baseline": group["baseline"].mean()}
         row |= {f"{a}_learned": learned_text(group.loc[group[arm] == a, "learned"]) for a in (base, new)}
         row["not_learned"] = ",".join(a for a in (base, new) if (group.loc[group[arm] == a, "learned"] == False).any())  # noqa: E712
+        row["same_every_seed"] = ",".join(a for a in (base, new) if len(grp) > 1 and grp[a].nunique() == 1)
         rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs["methods"] = (base, new)
@@ -175,12 +177,13 @@ def shown_delta(delta: pd.DataFrame) -> pd.DataFrame:
     labels = [c for c in delta.columns if not c.endswith(_STAT_SUFFIXES) and c not in _STAT_COLUMNS]
     rows = shown_comparison(delta, labels)
     for out, row in zip(rows, delta.to_dict("records")):
-        out["difference"] = stats.direction(ci_of(row))
+        same = row.get("same_every_seed")
+        out["difference"] = f"not replicates ({same}: same every seed)" if same else stats.direction(ci_of(row))
     return pd.DataFrame(rows)
 
 
 _STAT_SUFFIXES = ("_mean", "_std", "_learned")
-_STAT_COLUMNS = {"n", "t_p", "wilcoxon_p", "ci_low", "ci_high", "baseline", "not_learned"}
+_STAT_COLUMNS = {"n", "t_p", "wilcoxon_p", "ci_low", "ci_high", "baseline", "not_learned", "same_every_seed"}
 
 
 def markdown_table(df: pd.DataFrame) -> str:

@@ -59,7 +59,7 @@ def paired_arms(values: pd.DataFrame, comparisons: tuple[Comparison, ...], by: l
             continue
         paper = [c.paper_delta(t) for t in delta["task"]]
         verdicts = [
-            "no paper number" if p is None else stats.decide(ci_of(row), p, row["not_learned"])
+            "no paper number" if p is None else stats.decide(ci_of(row), p, row["not_learned"], row["same_every_seed"])
             for row, p in zip(delta.to_dict("records"), paper)
         ]
         delta = delta.assign(comparison=c.name, paper_delta=paper, verdict=verdicts)
