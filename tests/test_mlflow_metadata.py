@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from lowrank_lab.tracking.job import _MONITORS, finish_job_run, start_job_run
-from lowrank_lab.tracking.metadata import git_tags, hydra_choices, short_run_name
+from lowrank_lab.tracking.metadata import git_tags, hydra_choices, short_run_name, swept_keys
 from tests.conftest import REPO, compose_config, mlflow_runs, run_cli
 
 NAMES = [  # (config, Hydra choices, sweep job number) -> the run name
@@ -42,6 +42,25 @@ NAMES = [  # (config, Hydra choices, sweep job number) -> the run name
 @pytest.mark.parametrize("cfg,choices,number,expected", NAMES)
 def test_short_run_name(cfg: dict, choices: dict, number: int | None, expected: str) -> None:
     assert short_run_name(OmegaConf.create(cfg), choices, number) == expected
+
+
+@pytest.mark.parametrize(
+    ("experiment", "arm", "expected"),
+    [
+        ("lorafa_math", "arm=cyclic", "lorafa qv r=8 gradient gsm8k arm=cyclic s0 #4"),
+        ("slora_ablation", "method.gate.mode=combined", "slora r=8 sst2 mode=combined s0 #4"),
+    ],
+)
+def test_swept_keys_name_the_arm(experiment: str, arm: str, expected: str) -> None:
+    """An experiment file's swept keys that the name does not already show (lorafa's `arm`, SLoRA's gate mode) go
+    into the run name, so the arms of one sweep have different names."""
+    cfg = compose_config(f"experiment={experiment}", arm, "seed=0", hydra=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        swept = swept_keys()
+        assert short_run_name(cfg, hydra_choices(), 4, swept) == expected
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def test_hydra_choices_are_the_composed_groups() -> None:

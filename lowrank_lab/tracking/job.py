@@ -18,6 +18,7 @@ from lowrank_lab.tracking.metadata import (
     short_run_name,
     source_tags,
     sweep_job_number,
+    swept_keys,
 )
 from lowrank_lab.tracking.reconcile import hold, process_tags, release
 from lowrank_lab.tracking.store import ensure_experiment, flatten_config, mask_credentials, parent_run_id
@@ -54,7 +55,7 @@ def start_job_run(cfg: DictConfig, job_dir: Path, overrides: list[str], run_name
     parent = parent_run_id()
     if parent:
         tags["mlflow.parentRunId"] = parent
-    name = mask_credentials(short_run_name(cfg, choices, sweep_job_number()))[:250]
+    name = mask_credentials(short_run_name(cfg, choices, sweep_job_number(), swept_keys()))[:250]
     run_id = client.create_run(experiment_id, run_name=name, tags={k: v[:5000] for k, v in tags.items()}).info.run_id
     hold(uri, run_id)
     params = [Param(k, v) for k, v in flatten_config(cfg).items()]

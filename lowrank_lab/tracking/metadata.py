@@ -76,9 +76,25 @@ def repo_root(cfg: DictConfig) -> Path:
     return Path(root) if root else Path(__file__).resolve().parents[2]
 
 
-def short_run_name(cfg: DictConfig, choices: dict[str, str], number: int | None = None) -> str:
+# keys short_run_name shows in its own way; other keys an experiment file sweeps are shown as `<last part>=<value>`
+NAMED_KEYS = {"method", "peft", "init", "data", "model", "experiment", "peft.lora_r", "seed"}
+
+
+def swept_keys() -> list[str]:
+    """The keys the experiment file sweeps (`hydra.sweeper.params`: arm, method.gate.mode, …) that the run name
+    does not show otherwise; empty outside a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    params = OmegaConf.select(HydraConfig.get(), "sweeper.params", default=None) or {}
+    return [str(k) for k in params if str(k).lstrip("+~") not in NAMED_KEYS]
+
+
+def short_run_name(cfg: DictConfig, choices: dict[str, str], number: int | None = None, swept: list[str] = ()) -> str:
     """`sad r=8 sst2 s0`: method, the peft entry and init when not the defaults (lora, default), the rank, the task,
-    the seed, and `#<n>` for job n of a sweep. The full overrides stay in the `overrides` tag."""
+    the `swept` keys' values (`arm=align`), the seed, and `#<n>` for job n of a sweep. The full overrides stay in the
+    `overrides` tag."""
     target = str(OmegaConf.select(cfg, "method._target_", default="") or "")
     parts = [choices.get("method") or target.rsplit(".", 1)[-1].removesuffix("Module").lower() or "job"]
     if choices.get("peft") not in (None, "lora"):
@@ -91,6 +107,8 @@ def short_run_name(cfg: DictConfig, choices: dict[str, str], number: int | None 
     task = OmegaConf.select(cfg, "data.task", default=None) or choices.get("data")
     if task:
         parts.append(str(task))
+    for key in swept:
+        parts.append(f"{key.lstrip('+~').rsplit('.', 1)[-1]}={OmegaConf.select(cfg, key.lstrip('+~'), default=None)}")
     seed = OmegaConf.select(cfg, "seed", default=None)
     if seed is not None:
         parts.append(f"s{seed}")
