@@ -191,3 +191,27 @@ def test_results_page(tmp_path: Path) -> None:
 def test_every_reproduction_has_its_differences() -> None:
     names = {"sad_synthetic", "sad_glue", "adapter_compare", "slora_ablation", "slad", "slad_vision", "lorafa_math"}
     assert names <= set(pages.DIFFERENCES) and all(len(pages.DIFFERENCES[n]) > 100 for n in names)
+
+
+def test_no_curve_from_one_validation_per_job(tmp_path: Path, fake: Store) -> None:
+    """A sweep whose jobs validated once has no metric-vs-step curve to draw (the per-seed plot shows its values);
+    the fake sweep's two validations per job do make one."""
+    from mlflow.entities import Metric, Param
+
+    from lowrank_lab.tracking import ensure_experiment
+    from lowrank_lab.tracking.plots import metric_vs_step
+    from tests.sweep_fixture import new_store
+
+    uri = new_store(tmp_path / "once")
+    client = MlflowClient(uri)
+    exp_id = ensure_experiment(uri, "once")
+    parent = client.create_run(exp_id, run_name="sweep", tags={"lowrank_lab.sweep": "true"}).info.run_id
+    for seed in range(2):
+        run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, "override.seed": str(seed)}).info.run_id
+        params = [Param("method._target_", "lowrank_lab.methods.finetune.FinetuneModule"), Param("seed", str(seed))]
+        client.log_batch(
+            run, metrics=[Metric("val/accuracy", 0.8, 0, 19)], params=params + [Param("data.task", "sst2")]
+        )
+        client.set_terminated(run, "FINISHED")
+    assert metric_vs_step(load_sweep("once", uri), ["method"]) is None
+    assert metric_vs_step(load_sweep(fake.experiment, fake.uri), ["method"]) is not None

@@ -84,7 +84,8 @@ def _mean_line(ax: Any, curves: list[list[tuple[float, float]]], name: str, colo
 
 
 def metric_vs_step(sweep: Sweep, group_by: list[str], metric: str | None = None) -> Any | None:
-    """One panel per task: `metric` (default: the task's reported val metric) against the training step."""
+    """One panel per task: `metric` (default: the task's reported val metric) against the training step; None when
+    no job logged it more than once."""
     curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))  # task -> config -> curves
     names: dict[str, str] = {}
     for run in sweep.finished:
@@ -93,8 +94,8 @@ def metric_vs_step(sweep: Sweep, group_by: list[str], metric: str | None = None)
             continue
         names[task_of(run)] = key
         curves[task_of(run)][config_label(run, group_by)].append(history(sweep, run.info.run_id, key))
-    if not curves:
-        return None
+    if all(len(c) <= 1 for by_config in curves.values() for runs in by_config.values() for c in runs):
+        return None  # one validation per job: no curve (the per-seed plot shows the values)
     title = metric or "reported validation metric"
     fig, axes = _figure(len(curves), f"{title} vs step (mean ± std over seeds)")
     colors = _colors(name for by_config in curves.values() for name in by_config)
