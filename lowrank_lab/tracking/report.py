@@ -109,8 +109,6 @@ def write_report(
         frame.to_csv(files[name], index=False)
     figures = plotting.standard_figures(sweep, group_by, metrics)
     title = "mean paired Δ (new − base, per seed) with its bootstrap 95 % CI"
-    if (fig := plotting.by_seed_figure(values, group_by)) is not None:
-        figures = {"reported_by_seed": fig} | figures
     if (fig := plotting.delta_figure(_delta_rows(claim, delta), title)) is not None:
         figures = {"delta_ci": fig} | figures
     for name, fig in figures.items():
