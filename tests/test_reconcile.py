@@ -135,7 +135,9 @@ def test_sighup_to_a_sweep_closes_parent_and_running_child_failed(tmp_path: Path
     args = ["-m", *TINY, "trainer.limit_train_batches=1.0", "trainer.max_epochs=1000", "seed=0"]
     cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.output_dir={tmp_path}", f"paths.data_dir={DATA_DIR}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    default_hup = lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)  # noqa: E731  (pytest under nohup: SIG_IGN)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_hup)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:  # the job's run exists: the store is migrated
