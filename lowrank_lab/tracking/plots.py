@@ -235,12 +235,17 @@ def by_seed_figure(values: Any, group_by: list[str]) -> Any | None:
     return fig
 
 
-def standard_figures(sweep: Sweep, group_by: list[str], metrics: list[str] | None = None) -> dict[str, Any]:
-    """The plots whose metrics the sweep has, by file stem (see PLOT_FILES)."""
-    from lowrank_lab.tracking.tables import run_values
+def standard_figures(
+    sweep: Sweep, group_by: list[str], metrics: list[str] | None = None, values: Any = None
+) -> dict[str, Any]:
+    """The plots whose metrics the sweep has, by file stem (see PLOT_FILES); `values`: the sweep's
+    tables.run_values(sweep, group_by, metrics) when the caller has it already."""
+    if values is None:
+        from lowrank_lab.tracking.tables import run_values
 
+        values = run_values(sweep, group_by, metrics)
     figures = {
-        "reported_by_seed": by_seed_figure(run_values(sweep, group_by, metrics), group_by),
+        "reported_by_seed": by_seed_figure(values, group_by),
         "val_metric_vs_step": metric_vs_step(sweep, group_by, metrics[0] if metrics else None),
         "spectral_angle_vs_step": metric_vs_step(sweep, group_by, ANGLE),
         "spectral_angle_vs_layer": spectral_angle_vs_layer(sweep, group_by),

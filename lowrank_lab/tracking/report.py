@@ -107,7 +107,7 @@ def write_report(
     for name, frame in frames.items():
         files[name] = out / f"{name}.csv"
         frame.to_csv(files[name], index=False)
-    figures = plotting.standard_figures(sweep, group_by, metrics)
+    figures = plotting.standard_figures(sweep, group_by, metrics, values)
     title = "mean paired Δ (new − base, per seed) with its bootstrap 95 % CI"
     if (fig := plotting.delta_figure(_delta_rows(claim, delta), title)) is not None:
         figures = {"delta_ci": fig} | figures
