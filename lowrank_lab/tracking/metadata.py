@@ -81,14 +81,15 @@ NAMED_KEYS = {"method", "peft", "init", "data", "model", "experiment", "peft.lor
 
 
 def swept_keys() -> list[str]:
-    """The keys the experiment file sweeps (`hydra.sweeper.params`: arm, method.gate.mode, …) that the run name
-    does not show otherwise; empty outside a Hydra multirun."""
+    """The keys the experiment file sweeps (`hydra.sweeper.params`: arm, method.gate.mode, …; without a `+`/`~`
+    prefix) that the run name does not show otherwise; empty outside a Hydra multirun."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return []
     params = OmegaConf.select(HydraConfig.get(), "sweeper.params", default=None) or {}
-    return [str(k) for k in params if str(k).lstrip("+~") not in NAMED_KEYS]
+    keys = [str(k).lstrip("+~") for k in params]
+    return [k for k in keys if k not in NAMED_KEYS]
 
 
 def short_run_name(cfg: DictConfig, choices: dict[str, str], number: int | None = None, swept: list[str] = ()) -> str:
@@ -108,7 +109,7 @@ def short_run_name(cfg: DictConfig, choices: dict[str, str], number: int | None 
     if task:
         parts.append(str(task))
     for key in swept:
-        parts.append(f"{key.lstrip('+~').rsplit('.', 1)[-1]}={OmegaConf.select(cfg, key.lstrip('+~'), default=None)}")
+        parts.append(f"{key.rsplit('.', 1)[-1]}={OmegaConf.select(cfg, key, default=None)}")
     seed = OmegaConf.select(cfg, "seed", default=None)
     if seed is not None:
         parts.append(f"s{seed}")
