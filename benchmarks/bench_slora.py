@@ -100,10 +100,14 @@ def _measure() -> dict:
 
     optimizer = partial(torch.optim.AdamW, lr=1e-4)
     novelty = {"mode": "novelty", "burn_in": 0, "seed": 0, "target_novelty": TARGET}
+
+    def gated(gate: dict) -> SLoRAModule:  # SLoRA around finetune
+        return SLoRAModule(FinetuneModule, student=copy.deepcopy(model), task=TASK, optimizer=optimizer, gate=gate)
+
     builders = {
         "ungated": lambda: FinetuneModule(copy.deepcopy(model), TASK, optimizer=optimizer),
-        "none": lambda: SLoRAModule(copy.deepcopy(model), TASK, optimizer=optimizer, gate={"mode": "none"}),
-        "novelty": lambda: SLoRAModule(copy.deepcopy(model), TASK, optimizer=optimizer, gate=novelty),
+        "none": lambda: gated({"mode": "none"}),
+        "novelty": lambda: gated(novelty),
     }
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in builders}
     rate = 0.0

@@ -21,6 +21,7 @@ from lowrank_lab.adapters.rank import rank_facts, resolve_auto_rank
 from lowrank_lab.callbacks.finite import StopOnNonFiniteLoss
 from lowrank_lab.config_tree import print_config_tree
 from lowrank_lab.errors import LabError, bad_value
+from lowrank_lab.methods.keys import method_key
 from lowrank_lab.metrics.baseline import datamodule_baseline, learned
 from lowrank_lab.summary import print_summary
 from lowrank_lab.teachers.load import teacher_for_run
@@ -109,7 +110,7 @@ def _run(cfg: DictConfig) -> float | None:
     spec = resolve_auto_rank(spec, init, teacher, datamodule)  # peft.lora_r=auto: init=spectral picks the ranks
     model = wrap(backbone, spec, init, datamodule=datamodule)  # data-aware inits (CorDA) do their pass here
     init.apply(model, datamodule=datamodule, teacher=teacher)
-    with_teacher = {"teacher": teacher} if "teacher" in cfg.method else {}
+    with_teacher = {"teacher": teacher} if OmegaConf.select(cfg, f"{method_key(cfg)}.teacher") is not None else {}
     module = instantiate(cfg.method, student=model, task=datamodule.task, **with_teacher)
     if cfg.get("optim") is not None:  # optim=: preconditioning or peft's frozen-A optimizer around method.optimizer
         instantiate(cfg.optim).attach(module)
@@ -141,7 +142,7 @@ def _run(cfg: DictConfig) -> float | None:
 
     # 3. Fit, test, save the adapter.
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks.append(StopOnNonFiniteLoss())  # a diverged job fails; it never reports a metric
+    callbacks.append(StopOnNonFiniteLoss(f"{method_key(cfg)}.optimizer.lr"))  # a diverged job fails, reports nothing
     if not loggers:  # the LR monitor has nothing to write to without a logger (and Lightning refuses it)
         from lightning.pytorch.callbacks import LearningRateMonitor
 

@@ -22,6 +22,7 @@ from tests.conftest import unpadded
 from tests.sweep_fixture import Store, new_store
 
 pytest_plugins = ["tests.sweep_fixture"]
+FINETUNE = "lowrank_lab.methods.finetune.FinetuneModule"  # SLoRA's `method.inner`
 
 # (seed, gate mode) -> final val/loss, final gate/accepted_steps, wall seconds; `none` is each seed's baseline
 SLORA = {
@@ -49,7 +50,7 @@ def _slora_store(root: Path) -> str:
         tags = {"mlflow.parentRunId": parent, "override.experiment": "slora_ablation"}
         tags |= {"override.method.gate.mode": mode, "override.seed": str(seed)}
         run = client.create_run(exp, start_time=start, tags=tags).info.run_id
-        params = {"method._target_": "lowrank_lab.methods.slora.SLoRAModule", "method.base": "finetune"}
+        params = {"method._target_": "lowrank_lab.methods.slora.SLoRAModule", "method.inner._target_": FINETUNE}
         params |= {"method.gate.mode": mode, "data.task": "sst2", "seed": str(seed)}
         metrics = [Metric("val/loss", loss * 1.1, 0, 10), Metric("val/loss", loss, 0, 20)]
         metrics += [Metric("gate/accepted_steps", accepted / 2, 0, 10), Metric("gate/accepted_steps", accepted, 0, 20)]

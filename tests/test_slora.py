@@ -1,5 +1,6 @@
 """`method=slora` on a tiny BERT: accepted steps equal ungated ones bit for bit, rejected steps change nothing,
-gate state survives checkpoint → resume, any AdapterModule's objective can be gated."""
+gate state survives checkpoint → resume, any AdapterModule can be wrapped (`inner`), and the wrapper forwards every
+Lightning hook a method implements."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from lowrank_lab.errors import LabError
 from lowrank_lab.methods.base import AdapterModule
 from lowrank_lab.methods.finetune import FinetuneModule
 from lowrank_lab.methods.lr_schedules import schedule
-from lowrank_lab.methods.slora import SLoRAModule, gated_class
+from lowrank_lab.methods.slora import SLoRAModule
 from lowrank_lab.models import load_backbone
 
 TASK = TaskSpec(name="sst2", num_labels=2, metric="accuracy", metrics=("accuracy",))
@@ -70,9 +71,12 @@ def _loader(n_batches: int = 6, bs: int = 8, seed: int = 1) -> DataLoader:
 
 
 def _module(cls=SLoRAModule, seed: int = 0, dropout: float = 0.1, grad_clip=None, **kw):
+    """`cls` ungated, or SLoRA around `inner` (default finetune): the wrapper clips, the inner method optimises."""
     opt = functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.01)
     sched = functools.partial(schedule, name="linear", warmup_ratio=0.3)
-    return cls(_student(seed, dropout), TASK, optimizer=opt, scheduler=sched, grad_clip=grad_clip, **kw)
+    if cls is SLoRAModule:
+        kw.setdefault("inner", FinetuneModule)
+    return cls(student=_student(seed, dropout), task=TASK, optimizer=opt, scheduler=sched, grad_clip=grad_clip, **kw)
 
 
 def _fit(module, loader, max_epochs: int = 1, callbacks=(), ckpt_path=None) -> L.Trainer:
@@ -88,7 +92,8 @@ def _fit(module, loader, max_epochs: int = 1, callbacks=(), ckpt_path=None) -> L
 
 def _state(module) -> dict[str, torch.Tensor]:
     """Trainable parameters and every optimizer-state tensor (Adam moments, step), cloned."""
-    out = {f"p.{n}": p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    params = module.named_parameters()  # the wrapper's names carry `inner.`
+    out = {f"p.{n.removeprefix('inner.')}": p.detach().clone() for n, p in params if p.requires_grad}
     opt = module.trainer.optimizers[0]
     for i, st in opt.state_dict()["state"].items():
         out |= {f"o.{i}.{k}": torch.as_tensor(v).clone() for k, v in st.items()}
@@ -125,13 +130,12 @@ def test_accepted_steps_equal_the_ungated_steps_bit_for_bit(gated_kw, grad_clip)
 def test_gating_wraps_any_methods_training_loss():
     ref = _module(ScaledLossModule)
     _fit(ref, _loader(3))
-    gated = _module(base=f"{__name__}.ScaledLossModule", gate=dict(GATE, mode="none"))
-    assert type(gated) is gated_class(f"{__name__}.ScaledLossModule")
-    assert isinstance(gated, ScaledLossModule) and isinstance(gated, SLoRAModule)
+    gated = _module(inner=ScaledLossModule, gate=dict(GATE, mode="none"))
+    assert type(gated.inner) is ScaledLossModule and gated.student is gated.inner.student
     _fit(gated, _loader(3))
     _assert_equal(_state(ref), _state(gated))
-    clone = pickle.loads(pickle.dumps(gated))  # ddp_spawn pickles the module: a run-time class must survive it
-    assert type(clone) is type(gated) and clone.gate.total_steps == 3
+    clone = pickle.loads(pickle.dumps(gated))  # ddp_spawn pickles the module
+    assert type(clone.inner) is ScaledLossModule and clone.gate.total_steps == 3
 
 
 def test_gating_wraps_kd_bit_for_bit():
@@ -140,8 +144,9 @@ def test_gating_wraps_kd_bit_for_bit():
     teacher = _student(seed=5).merge_and_unload()  # any frozen seq-cls model with the task's labels
     ref = _module(DistillationModule, teacher=teacher, kd_weight=0.7, kd_temperature=2.0)
     _fit(ref, _loader(3))
-    gated = _module(base="kd", teacher=teacher, kd_weight=0.7, kd_temperature=2.0, gate=dict(GATE, mode="none"))
-    assert isinstance(gated, DistillationModule) and type(gated).__name__ == "SLoRADistillationModule"
+    kd = dict(teacher=teacher, kd_weight=0.7, kd_temperature=2.0)
+    gated = _module(inner=DistillationModule, gate=dict(GATE, mode="none"), **kd)
+    assert type(gated.inner) is DistillationModule
     _fit(gated, _loader(3))
     _assert_equal(_state(ref), _state(gated))
 
@@ -181,7 +186,7 @@ class _Snapshots(L.Callback):
 @pytest.mark.parametrize("mode", ["novelty", "loss_floor"])
 def test_rejected_steps_change_no_parameter_optimizer_or_scheduler_state(mode):
     ProbeModule.refs = []
-    module = _module(base=f"{__name__}.ProbeModule", gate=dict(GATE, mode=mode, target_novelty=0.3, loss_window=4))
+    module = _module(inner=ProbeModule, gate=dict(GATE, mode=mode, target_novelty=0.3, loss_window=4))
     snaps = _Snapshots()
     _fit(module, _loader(12), callbacks=[snaps])
     decisions = [r["accept"] for r in snaps.records]
@@ -215,6 +220,9 @@ def test_gate_state_survives_checkpoint_and_resume(tmp_path):
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["slora"]["gate"]["total_steps"] == 6
+    trainable = {n for n, p in first.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in first.named_parameters() if not p.requires_grad}
+    assert trainable <= set(ckpt["state_dict"]) and not frozen & set(ckpt["state_dict"])  # adapter-sized
 
     resumed = _module(seed=0, **kw)  # fresh module (same frozen base), gate rebuilt from config
     assert resumed.gate.total_steps == 0
@@ -254,10 +262,11 @@ def test_head_io_is_the_pooled_cls_the_classifier_consumes():
 def test_configuration_errors_name_the_key():
     with pytest.raises(LabError, match="method.gate.mode"):
         _module(gate=dict(GATE, mode="sometimes"))
-    with pytest.raises(LabError, match="method.base"):
-        _module(base="no_such_method", gate=GATE)
-    with pytest.raises(LabError, match="method.base"):
-        _module(base="slora", gate=GATE)
+    with pytest.raises(LabError, match="method.inner._target_"):
+        _module(inner=lambda **kw: torch.nn.Identity(), gate=GATE)
+    slora_in_slora = "method.inner._target_='lowrank_lab.methods.slora.SLoRAModule'"
+    with pytest.raises(LabError, match=slora_in_slora):
+        _module(inner=functools.partial(SLoRAModule, inner=FinetuneModule, gate=GATE), gate=GATE)
     with pytest.raises(LabError, match="power of two"):
         _module(gate=dict(GATE, m=48))
     with pytest.raises(LabError, match="method.lr_clock"):
@@ -270,7 +279,9 @@ def test_a_head_applied_per_token_is_read_at_the_last_real_token():
     cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
     backbone = load_backbone("config:llama", random_init=True, config_overrides=cfg | dict(vocab_size=500))
     student = wrap(backbone, LoraSpec(lora_r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    module = SLoRAModule(student, TASK, optimizer=torch.optim.AdamW, gate=dict(GATE, mode="none"))
+    module = SLoRAModule(
+        FinetuneModule, student=student, task=TASK, optimizer=torch.optim.AdamW, gate=dict(GATE, mode="none")
+    )
     seen = {}
     module.gate.decide = lambda h, logits, labels, loss, causal: seen.update(h=h, logits=logits) or (True, 1.0)
     batch = next(iter(_loader(1)))
@@ -283,3 +294,35 @@ def test_a_head_applied_per_token_is_read_at_the_last_real_token():
     last = torch.tensor([8, 8, 8, 11, 11, 11, 11, 11])
     torch.testing.assert_close(seen["logits"], out.logits)  # HF's pooled logits, (B, 2)
     torch.testing.assert_close(seen["h"], out.hidden_states[-1][torch.arange(8), last])  # (B, H)
+
+
+def _hooks() -> set[str]:
+    """Every hook Lightning calls on the module it drives (ModelHooks, DataHooks' setup / teardown, checkpoint hooks,
+    the steps and configure_*)."""
+    from lightning.pytorch.core.hooks import CheckpointHooks, ModelHooks
+
+    names = {n for c in (ModelHooks, CheckpointHooks) for n in vars(c) if not n.startswith("_")}
+    steps = {"forward", "training_step", "validation_step", "test_step", "predict_step", "setup", "teardown"}
+    return names | steps | {n for n in vars(L.LightningModule) if n.startswith("configure_")}
+
+
+def test_the_wrapper_forwards_every_hook_a_method_implements():
+    """A hook some method overrides (KD's setup and configure_callbacks, SAD's checkpoint hooks, SLAD's
+    configure_optimizers, …) that SLoRAModule did not forward would silently not run under the gate."""
+    import importlib
+    import pkgutil
+
+    import lowrank_lab.methods as methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        importlib.import_module(f"lowrank_lab.methods.{info.name}")
+    classes, todo = set(), [AdapterModule]
+    while todo:
+        cls = todo.pop()
+        classes.add(cls)
+        todo += [c for c in cls.__subclasses__() if c.__module__.startswith("lowrank_lab.")]
+    assert {c.__name__ for c in classes} >= {"FinetuneModule", "DistillationModule", "SADModule", "SLADModule"}
+    used = {name for cls in classes for name in vars(cls)} & _hooks()
+    assert "setup" in used and "on_save_checkpoint" in used  # the check sees what methods override
+    missing = sorted(name for name in used if name not in vars(SLoRAModule) and name != "configure_gradient_clipping")
+    assert not missing, f"SLoRAModule does not forward {missing}"  # (clipping: the wrapper clips, with inner's value)

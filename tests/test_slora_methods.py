@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from lowrank_lab.losses import LinearWarmup
 from lowrank_lab.methods.base import AdapterModule
+from lowrank_lab.methods.kd import DistillationModule
 from lowrank_lab.methods.sad import SADModule
 from lowrank_lab.methods.slora import SLoRAModule
 from tests.conftest import compose_config
@@ -31,7 +32,7 @@ class CountingModule(AdapterModule):
 
 def test_a_rejected_batch_runs_the_forward_and_the_gate_only():
     CountingModule.losses = 0
-    module = _module(base=f"{__name__}.CountingModule", gate=dict(GATE, mode="novelty", target_novelty=0.3))
+    module = _module(inner=CountingModule, gate=dict(GATE, mode="novelty", target_novelty=0.3))
     forwards = []
     module.student.register_forward_hook(lambda *a: forwards.append(1))
     _fit(module, _loader(12))
@@ -42,9 +43,10 @@ def test_a_rejected_batch_runs_the_forward_and_the_gate_only():
 
 def test_rejected_kd_batches_run_no_teacher_forward():
     teacher_calls = []
-    module = make_kd(cls=SLoRAModule, base="kd", gate=dict(GATE, mode="novelty", target_novelty=0.3))
+    gated = partial(SLoRAModule, DistillationModule, gate=dict(GATE, mode="novelty", target_novelty=0.3))
+    module = make_kd(cls=gated)
     del module.log  # make_kd silences logging for trainer-less use; here a Trainer runs it
-    module.teacher.model.register_forward_hook(lambda *a: teacher_calls.append(1))
+    module.inner.teacher.model.register_forward_hook(lambda *a: teacher_calls.append(1))
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -65,12 +67,11 @@ class AlphaLog(L.Callback):
 
 def test_slora_gates_sad_with_a_linear_warmup_alpha_schedule():
     warmup = partial(LinearWarmup, warmup_steps=4)
-    module = make_kd(
-        cls=SLoRAModule, base="sad", alpha_align=2.0, alpha_schedule=warmup, lr_clock="accepted",
-        gate=dict(GATE, mode="none"),
-    )  # fmt: skip
-    assert isinstance(module, SADModule) and module.lr_clock == "accepted"
-    module.attach_targets(module.teacher.targets(fake_datamodule(), module.target_rank(), 64))
+    gated = partial(SLoRAModule, SADModule, lr_clock="accepted", gate=dict(GATE, mode="none"))
+    module = make_kd(cls=gated, alpha_align=2.0, alpha_schedule=warmup)
+    sad = module.inner
+    assert isinstance(sad, SADModule) and module.lr_clock == "accepted"
+    sad.attach_targets(sad.teacher.targets(fake_datamodule(), sad.target_rank(), 64))
     del module.log
     seen = AlphaLog()
     L.seed_everything(0, verbose=False)
@@ -79,7 +80,7 @@ def test_slora_gates_sad_with_a_linear_warmup_alpha_schedule():
         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[seen],
     )  # fmt: skip
     trainer.fit(module, train_dataloaders=DataLoader([batch(seed=i) for i in range(6)], batch_size=None))
-    assert isinstance(module.alpha_schedule, LinearWarmup)
+    assert isinstance(sad.alpha_schedule, LinearWarmup)
     assert seen.alphas == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.0])  # α = 2·min(1, step/4), step = accepted
 
 
@@ -88,13 +89,14 @@ def test_method_slora_sad_composes_with_a_warmup_alpha_schedule():
 
     overrides = [
         "method=slora_sad",
-        "method.alpha_schedule._target_=lowrank_lab.losses.LinearWarmup",
-        "+method.alpha_schedule.warmup_steps=10",
+        "method.inner.alpha_schedule._target_=lowrank_lab.losses.LinearWarmup",
+        "+method.inner.alpha_schedule.warmup_steps=10",
         "method.lr_clock=accepted",
     ]
     cfg = compose_config(*overrides)
-    assert cfg.method.base == "sad" and cfg.method.grad_clip == 1.0 and cfg.init._target_.endswith("SpectralInit")
+    assert cfg.method.inner._target_.endswith("SADModule") and cfg.init._target_.endswith("SpectralInit")
+    assert cfg.method.grad_clip is None and cfg.method.inner.grad_clip == 1.0  # the wrapper clips with SAD's value
     for other in ("slora", "sad", "slad"):  # `schedule` means nothing anywhere any more
         assert "schedule" not in compose_config(f"method={other}").method
-    schedule = instantiate(cfg.method.alpha_schedule)(alpha=3.0)
+    schedule = instantiate(cfg.method.inner.alpha_schedule)(alpha=3.0)
     assert [schedule(s) for s in (0, 5, 10, 20)] == pytest.approx([0.0, 1.5, 3.0, 3.0])

@@ -148,8 +148,7 @@ class AdapterModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep trainable parameters and buffers only: a LoRA checkpoint stays adapter-sized."""
-        frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        trainable_only(self, checkpoint)
         checkpoint["train_seconds"] = self.train_seconds()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -158,3 +157,9 @@ class AdapterModule(L.LightningModule):
     @staticmethod
     def _bs(batch: dict[str, torch.Tensor]) -> int:
         return int(next(iter(batch.values())).shape[0])
+
+
+def trainable_only(module: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Drop `module`'s frozen parameters from `checkpoint["state_dict"]` (its keys are `module`'s own names)."""
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}

@@ -199,4 +199,4 @@ class DistillationModule(AdapterModule):
             return []
         from lowrank_lab.metrics.spectral import SpectralMetrics
 
-        return [SpectralMetrics()]
+        return [SpectralMetrics(pairs=self.spectral_pairs)]

@@ -1,64 +1,69 @@
-"""`method=slora`: SLoRA's pre-backward gate around the objective of any method (`method.base`, default finetune).
+"""`method=slora`: SLoRA's pre-backward gate around any method, `method.inner` (default finetune).
 
-One forward with grad per batch; the gate (`slora_gate.SLoRAGate`) reads the detached input and output of the
-head's final linear layer, i.e. exactly what the head consumes: for BERT sequence classification the pooled
-[CLS] vector tanh(W_p h_[CLS]) after dropout, (B, H), one token per example (it is not in `hidden_states`); for
-RoBERTa the input of `classifier.out_proj`; for a causal LM the last hidden state (B, T, H) = hidden_states[-1],
-every labelled token. On accept: the gated method's loss, backward, clipping, optimizer and scheduler step. On reject
-the step returns after the forward and the gate: no loss (in the novelty / none modes the decision does not need it,
-so a teacher forward or an alignment term is not paid for), no backward; parameters, optimizer state (Adam moments)
-and scheduler are untouched and the graph is freed.
+A wrapper: `SLoRAModule(inner=<the gated method's class or partial>, gate=…)` builds the inner method with the
+run's student, task (and teacher) and owns only the step. One forward with grad per batch; the gate
+(`slora_gate.SLoRAGate`) reads the detached input and output of the head's final linear layer, i.e. exactly what the
+head consumes: for BERT sequence classification the pooled [CLS] vector tanh(W_p h_[CLS]) after dropout, (B, H),
+one token per example (it is not in `hidden_states`); for RoBERTa the input of `classifier.out_proj`; for a causal
+LM the last hidden state (B, T, H) = hidden_states[-1], every labelled token. On accept: the inner method's loss,
+backward, clipping, optimizer and scheduler step. On reject the step returns after the forward and the gate: no
+loss (in the novelty / none modes the decision does not need it, so a teacher forward or an alignment term is not
+paid for), no backward; parameters, optimizer state (Adam moments) and scheduler are untouched and the graph is
+freed.
 
 Manual optimisation: `trainer.global_step` (hence `trainer.max_steps` and checkpoint names) counts optimizer
-steps, i.e. accepted batches; bound runs with `max_epochs`. Clip with `method.grad_clip` (Lightning refuses
-`trainer.gradient_clip_val` under manual optimisation). The LR schedule's clock (`method.lr_clock`): `batches`
-(default) keeps the LR a function of the batches seen, as in the ungated run: an accepted step first advances the
-scheduler over the batches rejected since the previous step, so every mode ends its schedule with the data whatever
-its realised acceptance rate; `accepted` advances it once per optimizer step (the schedule then stops short under
-gating). The gated method keeps every argument of its own (SAD's `alpha_schedule`, SLAD's `training`, …).
+steps, i.e. accepted batches; bound runs with `max_epochs`. Clip with `method.grad_clip` (else the inner method's;
+Lightning refuses `trainer.gradient_clip_val` under manual optimisation). The LR schedule's clock
+(`method.lr_clock`): `batches` (default) keeps the LR a function of the batches seen, as in the ungated run: an
+accepted step first advances the scheduler over the batches rejected since the previous step, so every mode ends
+its schedule with the data whatever its realised acceptance rate; `accepted` advances it once per optimizer step
+(the schedule then stops short under gating). Every Lightning hook the methods implement is forwarded to the
+inner method (tests/test_slora.py checks the list), so the gated method keeps its own behaviour (SAD's
+`alpha_schedule`, KD's cached logits, SLAD's `training`, …); its `self.log` calls land in this run.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn as nn
 
+from lowrank_lab.data.task import TaskSpec
 from lowrank_lab.errors import bad_value
-from lowrank_lab.methods.base import AdapterModule
-from lowrank_lab.methods.finetune import FinetuneModule
+from lowrank_lab.methods.base import AdapterModule, trainable_only
 from lowrank_lab.methods.slora_gate import SLoRAGate
 
 PLOT_FILE, CURVE_FILE = "slora_val_loss_vs_accepted_steps.png", "slora_curve.json"
 
 
-class SLoRAModule(FinetuneModule):
-    """L = the base method's training loss, back-propagated only for batches the gate accepts (SLoRA)."""
-
-    _base: str = "finetune"
-
-    def __new__(cls, *args: Any, base: str = "finetune", **kwargs: Any) -> SLoRAModule:
-        # `SLoRAModule(base="kd", …)` builds an instance of SLoRAModule-on-DistillationModule (see gated_class).
-        return super().__new__(gated_class(base) if cls is SLoRAModule else cls)
+class SLoRAModule(L.LightningModule):
+    """L = the inner method's training loss, back-propagated only for batches the gate accepts (SLoRA)."""
 
     def __init__(
         self,
-        *args: Any,
-        base: str = "finetune",
+        inner: Callable[..., AdapterModule],
         gate: Mapping[str, Any] | None = None,
         lr_clock: str = "batches",
-        **kwargs: Any,
+        grad_clip: float | None = None,
+        **inner_kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)  # the base method's own arguments (student, task, optimizer, teacher, …)
+        """`inner`: the gated method's class (or a partial with its settings, as Hydra's `_partial_: true` gives);
+        it is called with the rest of the arguments (student, task, optimizer, teacher, …)."""
+        super().__init__()
+        self.inner = inner(**inner_kwargs)
+        if not isinstance(self.inner, AdapterModule):  # SLoRA around SLoRA included
+            built = f"{type(self.inner).__module__}.{type(self.inner).__qualname__}"
+            raise bad_value("method.inner._target_", built, "an AdapterModule subclass (finetune, kd, sad, …)")
         if lr_clock not in ("batches", "accepted"):
             raise bad_value("method.lr_clock", lr_clock, "'batches' or 'accepted'")
         self.automatic_optimization = False
-        self.lr_clock = lr_clock
+        self.strict_loading = False  # checkpoints hold only trainable weights; the frozen base is rebuilt
+        self.lr_clock, self.grad_clip = lr_clock, grad_clip
         self.lag = 0  # batches rejected since the last optimizer step (lr_clock=batches catches up on them)
         self.causal = self.task.generative
         n_out = int(self.student.config.vocab_size if self.causal else self.task.num_labels)
@@ -68,26 +73,60 @@ class SLoRAModule(FinetuneModule):
         self._capture, self._head_io = False, None
         self.curve: list[dict[str, float]] = []  # (accepted_steps, total_steps, val loss) at each validation
 
+    # ----- what the run reads from its method (train.py, callbacks, optim=) is the inner method's ----------
+    @property
+    def student(self) -> nn.Module:
+        return self.inner.student
+
+    @property
+    def task(self) -> TaskSpec:
+        return self.inner.task
+
+    @property
+    def optimizer_factory(self) -> Callable[..., torch.optim.Optimizer]:
+        return self.inner.optimizer_factory
+
+    @optimizer_factory.setter
+    def optimizer_factory(self, factory: Callable[..., torch.optim.Optimizer]) -> None:  # optim= wraps it
+        self.inner.optimizer_factory = factory
+
+    @property
+    def _current_fx_name(self) -> str | None:
+        return self.__dict__.get("_fx_name")
+
+    @_current_fx_name.setter
+    def _current_fx_name(self, name: str | None) -> None:
+        """Lightning sets the running hook's name on the module it drives; the inner method's `self.log` needs it
+        too (the Trainer itself reaches the inner method through LightningModule's `trainer` setter)."""
+        self.__dict__["_fx_name"] = name
+        inner = self.__dict__.get("_modules", {}).get("inner")
+        if inner is not None:
+            inner._current_fx_name = name
+
+    def save_adapters(self, directory: str | Path) -> None:
+        self.inner.save_adapters(directory)
+
     def _keep_head_io(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if self._capture:
             self._head_io = (args[0].detach(), output.detach())
 
     # ----- the gated step ------------------------------------------------------------------------------
-    wraps_training_step = True  # gates AdapterModule's step; the loss it backpropagates is still self.regularized(…)
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.inner(batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        """Forward → gate → (accepted) the method's loss, backward, step. A rejected batch costs the student's
-        forward and the gate only: the method's loss (a teacher forward for KD/SAD, SAD's alignment, KaSA's
-        regulariser) is computed after the decision unless a loss-floor mode needs it for the decision."""
+        """Forward → gate → (accepted) the inner method's loss, backward, step. A rejected batch costs the
+        student's forward and the gate only: the method's loss (a teacher forward for KD/SAD, SAD's alignment,
+        KaSA's regulariser) is computed after the decision unless a loss-floor mode needs it for the decision."""
         self._capture = True
         try:
-            outputs = self(batch)  # the gated method's student forward
+            outputs = self.inner(batch)  # the inner method's student forward
             h, logits = self._head_io  # (B, H), (B, C) for seq-cls; (B, T, H), (B, T, V) for a causal LM
         finally:
             self._capture, self._head_io = False, None
         loss = None
         if self.gate.mode in ("loss_floor", "combined"):  # the floor compares the method's loss: it comes first
-            loss = self.regularized(batch, self.training_loss(batch, outputs))
+            loss = self.inner.regularized(batch, self.inner.training_loss(batch, outputs))
         labels = batch["labels"]
         if not self.causal and h.dim() == 3:  # a head applied per token, pooled afterwards: its last real token
             mask = batch["attention_mask"]  # (B, T); left or right padding
@@ -107,17 +146,19 @@ class SLoRAModule(FinetuneModule):
             },
             on_step=True,
             on_epoch=False,
-            batch_size=self._bs(batch),
+            batch_size=AdapterModule._bs(batch),
         )
         if not accept:
             self.lag += 1
             return None  # no loss, no backward, no optimizer / scheduler call; the graph goes with `outputs`
         if loss is None:
-            loss = self.regularized(batch, self.training_loss(batch, outputs))  # the method's loss (+ its logging)
+            loss = self.inner.regularized(batch, self.inner.training_loss(batch, outputs))  # + its logging
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad()
         self.manual_backward(loss)
-        self.configure_gradient_clipping(optimizer)  # clip_gradients(norm) when method.grad_clip is set
+        clip = self.grad_clip if self.grad_clip is not None else self.inner.grad_clip
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         if scheduler is not None and self.lr_clock == "batches":
             for _ in range(self.lag):  # the LR the ungated run has at this batch
                 scheduler.step()
@@ -127,19 +168,49 @@ class SLoRAModule(FinetuneModule):
             scheduler.step()
         return loss.detach()
 
-    # ----- optimisation --------------------------------------------------------------------------------
+    # ----- the inner method's hooks, forwarded --------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        self.inner.setup(stage)
+
+    def configure_callbacks(self) -> Any:
+        return self.inner.configure_callbacks()
+
     def configure_optimizers(self) -> Any:
-        """The base method's optimizer and schedule; resolves a fractional `burn_in` against the run length."""
+        """The inner method's optimizer and schedule; resolves a fractional `burn_in` against the run length."""
         self.gate.set_run_length(max(1, int(self.trainer.estimated_stepping_batches)))
-        return super().configure_optimizers()
+        return self.inner.configure_optimizers()
 
     def on_fit_start(self) -> None:
-        super().on_fit_start()
+        self.inner.on_fit_start()
         self.gate.to(self.device)
+
+    def on_train_start(self) -> None:
+        self.inner.on_train_start()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.inner.on_train_batch_start(batch, batch_idx)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.inner.on_train_batch_end(outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self.inner.on_train_epoch_end()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> Any:
+        return self.inner.validation_step(batch, batch_idx)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> Any:
+        return self.inner.test_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.inner.on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self.inner.on_test_epoch_end()
 
     # ----- val loss against accepted steps -------------------------------------------------------------
     def on_validation_end(self) -> None:
-        super().on_validation_end()
+        self.inner.on_validation_end()
         loss = self.trainer.callback_metrics.get("val/loss")
         if self.trainer.sanity_checking or loss is None or self.trainer.state.fn != "fit":
             return
@@ -147,77 +218,23 @@ class SLoRAModule(FinetuneModule):
         self.curve.append(point | {"val_loss": float(loss)})
 
     def on_train_end(self) -> None:
-        super().on_train_end()
+        self.inner.on_train_end()
         if self.trainer.is_global_zero and self.curve:
             save_curve(self.curve, Path(self.trainer.default_root_dir), self.gate.mode)
 
     # ----- checkpoint ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
+        self.inner.on_save_checkpoint(checkpoint)  # its own state (train seconds, SAD's α schedule, …)
+        trainable_only(self, checkpoint)  # the keys carry `inner.`: filtered here, where the names match
         curve = [dict(p) for p in self.curve]
         checkpoint["slora"] = {"gate": self.gate.state_dict(), "curve": curve, "lag": self.lag}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
+        self.inner.on_load_checkpoint(checkpoint)
         if "slora" in checkpoint:
             self.gate.load_state_dict(checkpoint["slora"]["gate"])
             self.curve = [dict(p) for p in checkpoint["slora"]["curve"]]
             self.lag = int(checkpoint["slora"]["lag"])
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        """Pickle a gated class built at run time (ddp_spawn, deepcopy) by its base's name."""
-        reduced = super().__reduce_ex__(protocol)
-        if type(self) is SLoRAModule:
-            return reduced
-        return (_new_gated, (type(self)._base,), *reduced[2:])
-
-
-# ----- which method is gated -----------------------------------------------------------------------------
-_GATED: dict[str, type[SLoRAModule]] = {}
-
-
-def gated_class(base: str) -> type[SLoRAModule]:
-    """SLoRAModule on top of the method class `base`: a name (`finetune`, `kd`: the AdapterModule subclass
-    defined in `lowrank_lab.methods.<name>`) or a dotted class path. The MRO puts SLoRA's step first, so
-    `training_loss`, hooks and extra arguments are the base method's."""
-    if base not in _GATED:
-        cls = _resolve_base(base)
-        if issubclass(cls, SLoRAModule):
-            raise bad_value("method.base", base, "a method other than slora")
-        if issubclass(FinetuneModule, cls):  # AdapterModule's loss is finetune's
-            _GATED[base] = SLoRAModule
-        else:
-            _GATED[base] = type(f"SLoRA{cls.__name__}", (SLoRAModule, cls), {"_base": base, "__module__": __name__})
-    return _GATED[base]
-
-
-def _resolve_base(base: str) -> type:
-    allowed = "a method name (finetune, kd, …) or the dotted path of an AdapterModule subclass"
-    name = str(base)
-    module_name, _, attr = name.rpartition(".") if "." in name else (f"lowrank_lab.methods.{name}", "", "")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if module_name.startswith(str(err.name)):
-            raise bad_value("method.base", base, allowed) from None
-        raise
-    if attr:
-        cls = getattr(module, attr, None)
-        found = [cls] if isinstance(cls, type) and issubclass(cls, AdapterModule) else []
-    else:
-        found = [
-            c
-            for c in vars(module).values()
-            if isinstance(c, type) and issubclass(c, AdapterModule) and c.__module__ == module.__name__
-        ]
-    if len(found) != 1:
-        raise bad_value("method.base", base, allowed + (f"; {module_name} defines {len(found)}" if found else ""))
-    return found[0]
-
-
-def _new_gated(base: str) -> SLoRAModule:
-    cls = gated_class(base)
-    return object.__new__(cls)
 
 
 def find_head(student: nn.Module, n_out: int) -> nn.Linear:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +87,17 @@ def plot_layers(per_layer: dict[str, dict[str, Any]], path: Path, title: str) ->
 class SpectralMetrics(L.Callback):
     """Logs `spectral/*` (mean over layers) after each validation and saves the per-layer plot + history."""
 
-    def __init__(self, plot_dir: str | None = None, plot: bool = True) -> None:
-        self.plot_dir, self.plot = plot_dir, plot
+    def __init__(self, plot_dir: str | None = None, plot: bool = True, pairs: Callable[[], list] | None = None) -> None:
+        """`pairs`: the method's `spectral_pairs` (KD passes its own: a wrapper such as SLoRA may be the module the
+        Trainer drives); None reads `pl_module.spectral_pairs`."""
+        self.plot_dir, self.plot, self.pairs = plot_dir, plot, pairs
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not hasattr(pl_module, "spectral_pairs"):
+        pairs = self.pairs or getattr(pl_module, "spectral_pairs", None)
+        if trainer.sanity_checking or pairs is None:
             return
         per_layer = {}
-        for name, B, A, scaling, target in pl_module.spectral_pairs():
+        for name, B, A, scaling, target in pairs():
             values = layer_metrics(B, A, scaling, target.u_target, target.sigma_target)
             if values is not None:
                 per_layer[name] = values

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from omegaconf import OmegaConf
 
 from lowrank_lab.errors import LabError
+from lowrank_lab.methods.keys import method_key
 from lowrank_lab.teachers.load import teacher_for_run
 from lowrank_lab.teachers.module import Teacher
 
@@ -55,7 +57,8 @@ def prepare(overrides: list[str]) -> None:
 def targets(overrides: list[str]) -> None:
     """Prepare the teacher, then extract and cache its spectral targets at `peft.lora_r` (SAD's u_target, σ̃)."""
     cfg, datamodule, teacher, _ = compose_run_parts(overrides, sad=True)
-    found = teacher.targets(datamodule, int(cfg.peft.lora_r), int(cfg.method.get("n_calib", 2048)))
+    n_calib = int(OmegaConf.select(cfg, method_key(cfg)).get("n_calib", 2048))
+    found = teacher.targets(datamodule, int(cfg.peft.lora_r), n_calib)
     print(f"targets: {teacher.last_targets_path or '(not cached: no cache_dir)'}")
     for name, t in found.items():
         s = t["sigma_weighted"]

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lowrank_lab.errors import LabError, bad_value
+from lowrank_lab.methods.keys import method_key
 from lowrank_lab.models.backbone import HEADS, resolve_name_or_path
 from lowrank_lab.teachers.module import Teacher
 from lowrank_lab.teachers.prepare import check_quality, ensure_prepared
@@ -76,7 +77,7 @@ def _same_base(delta: dict[str, torch.Tensor], base: nn.Module, info: dict[str, 
 def teacher_for_run(cfg: DictConfig, backbone: Any, datamodule: Any, init: Any = None) -> Teacher | None:
     """The run's teacher (None unless `method.teacher` is set or `init` needs one); call before wrapping."""
     needs_init = bool(getattr(init, "needs_teacher", False))
-    if OmegaConf.select(cfg, "method.teacher") is None and not needs_init:
+    if OmegaConf.select(cfg, f"{method_key(cfg)}.teacher") is None and not needs_init:
         return None
     from hydra.utils import instantiate
 

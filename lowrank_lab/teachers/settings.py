@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lowrank_lab.errors import bad_value
+from lowrank_lab.methods.keys import method_key
 
 SAD_MISMATCH = "SAD needs a teacher fine-tuned from the student's base; use method=kd for a different teacher"
 INFO_FILE = "teacher.json"
@@ -41,13 +42,15 @@ class TeacherSettings:
 
 
 def settings_from(cfg: DictConfig) -> TeacherSettings:
-    """`cfg.method.teacher` checked key by key; the cache defaults to `<paths.output_dir>/teachers`."""
-    spec = OmegaConf.select(cfg, "method.teacher")
+    """`cfg.method.teacher` (a wrapper's: `method.inner.teacher`) checked key by key; the cache defaults to
+    `<paths.output_dir>/teachers`."""
+    key = f"{method_key(cfg)}.teacher"
+    spec = OmegaConf.select(cfg, key)
     values = OmegaConf.to_container(spec, resolve=True) if spec is not None else {}
     known = {f.name for f in fields(TeacherSettings)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise bad_value(f"method.teacher.{unknown[0]}", values[unknown[0]], f"one of {sorted(known)}")
+        raise bad_value(f"{key}.{unknown[0]}", values[unknown[0]], f"one of {sorted(known)}")
     settings = TeacherSettings(**values)
     settings.cache_dir = settings.cache_dir or str(Path(cfg.paths.output_dir) / "teachers")
     return settings

@@ -127,12 +127,15 @@ def list_sweeps(tracking_uri: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run_id", "experiment", "status", "started", "overrides"])
 
 
-def method_name(params: dict[str, str]) -> str:
-    """`lowrank_lab.methods.sad.SADModule` -> `sad`; a gated method names its base (`slora_kd`)."""
-    cls = params.get("method._target_", "").rsplit(".", 1)[-1]
+def method_name(params: dict[str, str], key: str = "method") -> str:
+    """`lowrank_lab.methods.sad.SADModule` -> `sad`; a wrapper names the method it wraps (`method.inner`: `slora_kd`,
+    and `slora` around finetune)."""
+    cls = params.get(f"{key}._target_", "").rsplit(".", 1)[-1]
     name = METHOD_NAMES.get(cls, cls.removesuffix("Module").lower() or "-")
-    base = params.get("method.base")
-    return f"{name}_{base}" if base and base not in ("None", "finetune") else name
+    if f"{key}.inner._target_" not in params:
+        return name
+    inner = method_name(params, f"{key}.inner")
+    return name if inner == "finetune" else f"{name}_{inner}"
 
 
 def label(run: Any, key: str) -> str:
