@@ -113,9 +113,9 @@ reproduce-slora: reproduce-scale $(STAMP) $(DATA)
 	$(call reproduce,slora_ablation,$(PAPER_GLUE))
 	$(if $(filter paper,$(SCALE)),$(call reproduce,slora_ablation_instruct,model=llama-3.2-1b trainer=gpu))
 
-# LoRA-FA's three ingredients on GSM8K (SmolLM2-135M, 160 rows x 96 tokens): 3 arms x 2 inits x 3 seeds. Measured here
-# (small): 32 min wall for 18 jobs (~100 s each) with the teacher cached; the teacher (full FT) and its logits add
-# ~4 min the first time (measured at 192 rows x 128 tokens). Budget 60 min.
+# LoRA-FA's three ingredients on GSM8K (SmolLM2-135M, 160 rows x 96 tokens): 3 arms x 2 inits x 5 seeds. Measured here
+# (small, fresh outputs/): 53 min wall for 30 jobs (104 s each), the teacher (full FT) and its logits built once in
+# the first job. Budget 60 min.
 reproduce-lorafa: conf/experiment/lorafa_math.yaml reproduce-scale $(STAMP) $(DATA)
 	$(call reproduce,lorafa_math,model=llama-3.2-1b trainer=gpu data.train_limit=null data.val_limit=200 \
 		data.max_length=512 data.exact_match_examples=16 arms.cyclic.task_steps=20 arms.cyclic.align_steps=5)
