@@ -142,7 +142,7 @@ def _run(cfg: DictConfig) -> float | None:
 
     # 3. Fit, test, save the adapter.
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    callbacks.append(StopOnNonFiniteLoss(f"{method_key(cfg)}.optimizer.lr"))  # a diverged job fails, reports nothing
+    callbacks.append(StopOnNonFiniteLoss())  # a diverged job fails; it never reports a metric
     if not loggers:  # the LR monitor has nothing to write to without a logger (and Lightning refuses it)
         from lightning.pytorch.callbacks import LearningRateMonitor
 

@@ -324,5 +324,41 @@ def test_the_wrapper_forwards_every_hook_a_method_implements():
     assert {c.__name__ for c in classes} >= {"FinetuneModule", "DistillationModule", "SADModule", "SLADModule"}
     used = {name for cls in classes for name in vars(cls)} & _hooks()
     assert "setup" in used and "on_save_checkpoint" in used  # the check sees what methods override
-    missing = sorted(name for name in used if name not in vars(SLoRAModule) and name != "configure_gradient_clipping")
-    assert not missing, f"SLoRAModule does not forward {missing}"  # (clipping: the wrapper clips, with inner's value)
+    called = {"configure_gradient_clipping"}  # the wrapper's step calls the inner method's (when method.grad_clip=null)
+    missing = sorted(name for name in used if name not in vars(SLoRAModule) and name not in called)
+    assert not missing, f"SLoRAModule does not forward {missing}"
+
+
+class NoHeadModule(AdapterModule):
+    """A method whose forward does not run the student (SLAD computes its outputs inside its loss)."""
+
+    def forward(self, batch):
+        return None
+
+
+def test_errors_under_the_wrapper_name_the_keys_where_they_live():
+    from lowrank_lab.methods.kd import DistillationModule
+
+    teacher = _student(seed=5).merge_and_unload()
+    with pytest.raises(LabError, match=r"^method\.inner\.kd_weight=2\.0"):  # KD says method.kd_weight
+        _module(inner=DistillationModule, teacher=teacher, kd_weight=2.0, gate=GATE)
+    with pytest.raises(LabError, match=r"method\.inner\._target_='NoHeadModule'.*student's head"):
+        _fit(_module(inner=NoHeadModule, gate=GATE), _loader(1))
+
+
+def test_a_checkpoint_of_another_method_is_refused_not_silently_empty(tmp_path):
+    """Loading is not strict (the frozen base is not saved): a finetune checkpoint in a SLoRA run (keys without
+    `inner.`), or the reverse, would load no weight at all and train on from a fresh adapter."""
+    plain, gated = _module(FinetuneModule), _module(gate=dict(GATE, mode="none"))
+    ckpts = {}
+    for name, module in (("plain", plain), ("gated", gated)):
+        trainer = _fit(module, _loader(1))
+        trainer.save_checkpoint(tmp_path / f"{name}.ckpt")
+        ckpts[name] = torch.load(tmp_path / f"{name}.ckpt", weights_only=True)
+    assert any(k.startswith("inner.student.") for k in ckpts["gated"]["state_dict"])
+    with pytest.raises(LabError, match="ckpt_path"):
+        _module(gate=GATE).on_load_checkpoint(ckpts["plain"])
+    with pytest.raises(LabError, match="ckpt_path"):
+        _module(FinetuneModule).on_load_checkpoint(ckpts["plain"] | {"state_dict": ckpts["gated"]["state_dict"]})
+    _module(gate=dict(GATE, mode="none")).on_load_checkpoint(ckpts["gated"])  # its own kind loads
+    _module(FinetuneModule).on_load_checkpoint(ckpts["plain"])

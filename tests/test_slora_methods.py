@@ -96,6 +96,9 @@ def test_method_slora_sad_composes_with_a_warmup_alpha_schedule():
     cfg = compose_config(*overrides)
     assert cfg.method.inner._target_.endswith("SADModule") and cfg.init._target_.endswith("SpectralInit")
     assert cfg.method.grad_clip is None and cfg.method.inner.grad_clip == 1.0  # the wrapper clips with SAD's value
+    lr = compose_config("method=slora_sad", "method.optimizer.lr=3e-4", "method.inner.n_calib=512")
+    assert lr.method.inner.optimizer.lr == 3e-4  # the wrapper's optimizer (method.optimizer, as for every method)
+    assert lr.init.n_calib == lr.method.inner.n_calib == 512  # init=spectral and SAD extract the same targets
     for other in ("slora", "sad", "slad"):  # `schedule` means nothing anywhere any more
         assert "schedule" not in compose_config(f"method={other}").method
     schedule = instantiate(cfg.method.inner.alpha_schedule)(alpha=3.0)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from lowrank_lab.data.task import TaskSpec
+from lowrank_lab.errors import bad_value
 from lowrank_lab.metrics.evaluators import build_evaluator
 
 
@@ -152,6 +153,7 @@ class AdapterModule(L.LightningModule):
         checkpoint["train_seconds"] = self.train_seconds()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        require_own_weights(self, checkpoint)
         self._train_s_before = float(checkpoint.get("train_seconds", 0.0))
 
     @staticmethod
@@ -163,3 +165,16 @@ def trainable_only(module: nn.Module, checkpoint: dict[str, Any]) -> None:
     """Drop `module`'s frozen parameters from `checkpoint["state_dict"]` (its keys are `module`'s own names)."""
     frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+
+def require_own_weights(module: nn.Module, checkpoint: dict[str, Any]) -> None:
+    """Refuse a checkpoint that holds none of `module`'s trainable weights (written by another method, or by a
+    wrapper around it: `inner.` keys): loading is not strict (the frozen base is not saved): it would load nothing."""
+    own = [name for name, p in module.named_parameters() if p.requires_grad]
+    saved = checkpoint.get("state_dict", {})
+    if own and saved and not any(name in saved for name in own):
+        raise bad_value(
+            "ckpt_path",
+            f"<a checkpoint with keys like {next(iter(saved))}>",
+            f"one written by this method ({type(module).__name__}: keys like {own[0]})",
+        )

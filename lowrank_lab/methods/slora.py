@@ -17,14 +17,17 @@ Lightning refuses `trainer.gradient_clip_val` under manual optimisation). The LR
 (`method.lr_clock`): `batches` (default) keeps the LR a function of the batches seen, as in the ungated run: an
 accepted step first advances the scheduler over the batches rejected since the previous step, so every mode ends
 its schedule with the data whatever its realised acceptance rate; `accepted` advances it once per optimizer step
-(the schedule then stops short under gating). Every Lightning hook the methods implement is forwarded to the
-inner method (tests/test_slora.py checks the list), so the gated method keeps its own behaviour (SAD's
-`alpha_schedule`, KD's cached logits, SLAD's `training`, …); its `self.log` calls land in this run.
+(the schedule then stops short under gating). The Lightning hooks listed below are forwarded to the inner method
+(tests/test_slora.py checks that every hook a method in lowrank_lab overrides is among them), so the gated method
+keeps its own behaviour (SAD's `alpha_schedule` and clipping, KD's cached logits, …); its `self.log` calls land in
+this run. A hook outside the list that a new method overrides needs one forwarding line here. SLAD is not gated: its
+forward does not run the student's head.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,8 @@ import torch
 import torch.nn as nn
 
 from lowrank_lab.data.task import TaskSpec
-from lowrank_lab.errors import bad_value
-from lowrank_lab.methods.base import AdapterModule, trainable_only
+from lowrank_lab.errors import LabError, bad_value
+from lowrank_lab.methods.base import AdapterModule, require_own_weights, trainable_only
 from lowrank_lab.methods.slora_gate import SLoRAGate
 
 PLOT_FILE, CURVE_FILE = "slora_val_loss_vs_accepted_steps.png", "slora_curve.json"
@@ -55,7 +58,10 @@ class SLoRAModule(L.LightningModule):
         """`inner`: the gated method's class (or a partial with its settings, as Hydra's `_partial_: true` gives);
         it is called with the rest of the arguments (student, task, optimizer, teacher, …)."""
         super().__init__()
-        self.inner = inner(**inner_kwargs)
+        try:
+            self.inner = inner(**inner_kwargs)
+        except LabError as err:  # the inner method names its keys `method.<key>`; here they live under method.inner
+            raise LabError(re.sub(r"(?<![\w.])method\.", "method.inner.", str(err))) from None
         if not isinstance(self.inner, AdapterModule):  # SLoRA around SLoRA included
             built = f"{type(self.inner).__module__}.{type(self.inner).__qualname__}"
             raise bad_value("method.inner._target_", built, "an AdapterModule subclass (finetune, kd, sad, …)")
@@ -121,6 +127,12 @@ class SLoRAModule(L.LightningModule):
         self._capture = True
         try:
             outputs = self.inner(batch)  # the inner method's student forward
+            if self._head_io is None:
+                raise bad_value(
+                    "method.inner._target_",
+                    type(self.inner).__name__,
+                    "a method whose forward runs the student's head (SLAD's runs inside its loss: not gated)",
+                )
             h, logits = self._head_io  # (B, H), (B, C) for seq-cls; (B, T, H), (B, T, V) for a causal LM
         finally:
             self._capture, self._head_io = False, None
@@ -156,9 +168,10 @@ class SLoRAModule(L.LightningModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad()
         self.manual_backward(loss)
-        clip = self.grad_clip if self.grad_clip is not None else self.inner.grad_clip
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        if self.grad_clip is not None:  # method.grad_clip; else the inner method clips as it would ungated
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        else:
+            self.inner.configure_gradient_clipping(optimizer)
         if scheduler is not None and self.lr_clock == "batches":
             for _ in range(self.lag):  # the LR the ungated run has at this batch
                 scheduler.step()
@@ -230,7 +243,9 @@ class SLoRAModule(L.LightningModule):
         checkpoint["slora"] = {"gate": self.gate.state_dict(), "curve": curve, "lag": self.lag}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.inner.on_load_checkpoint(checkpoint)
+        require_own_weights(self, checkpoint)  # its keys carry `inner.`: the inner method sees them without it
+        state = {k.removeprefix("inner."): v for k, v in checkpoint.get("state_dict", {}).items()}
+        self.inner.on_load_checkpoint(dict(checkpoint, state_dict=state))
         if "slora" in checkpoint:
             self.gate.load_state_dict(checkpoint["slora"]["gate"])
             self.curve = [dict(p) for p in checkpoint["slora"]["curve"]]

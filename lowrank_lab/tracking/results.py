@@ -133,7 +133,8 @@ def method_name(params: dict[str, str], key: str = "method") -> str:
     cls = params.get(f"{key}._target_", "").rsplit(".", 1)[-1]
     name = METHOD_NAMES.get(cls, cls.removesuffix("Module").lower() or "-")
     if f"{key}.inner._target_" not in params:
-        return name
+        base = params.get(f"{key}.base")  # runs tracked before SLoRA became a wrapper: `method.base=kd`
+        return f"{name}_{base}" if base and base not in ("None", "finetune") else name
     inner = method_name(params, f"{key}.inner")
     return name if inner == "finetune" else f"{name}_{inner}"
 
