@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lowrank_lab.data.task import KINDS
 from lowrank_lab.errors import LabError, bad_value
-from lowrank_lab.methods.keys import method_key
 
 
 def validate(cfg: DictConfig, datamodule: Any) -> None:
@@ -75,10 +74,9 @@ def check_learning_rates(method: DictConfig) -> None:
 def check_epochs(cfg: DictConfig) -> None:
     """`method.training=sequential` (SLAD's baselines) trains the teacher alone for `method.teacher_epochs`, then
     the student: `trainer.max_epochs` must leave the student at least one epoch."""
-    method = OmegaConf.select(cfg, method_key(cfg))  # a wrapper's (SLoRA) gated method: method.inner
-    if method.get("training") != "sequential":
+    if cfg.method.get("training") != "sequential":
         return
-    teacher_epochs = int(method.get("teacher_epochs", 1))
+    teacher_epochs = int(cfg.method.get("teacher_epochs", 1))
     epochs = cfg.trainer.get("max_epochs")
     if not isinstance(epochs, int) or epochs <= teacher_epochs:
         raise bad_value(
